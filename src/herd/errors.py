@@ -1,0 +1,56 @@
+"""Typed errors raised by the services. `api/errors.py` maps each class to a status code, in one place.
+
+Messages are the texts Ollama sends (spec section 4), so the HTTP layer never rewrites them.
+"""
+
+from __future__ import annotations
+
+
+class HerdError(Exception):
+    """Base of every error a request can end with."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(HerdError):
+    """The request is malformed or asks for something impossible (400)."""
+
+
+class ModelNotFound(HerdError):
+    """No such model in the store (404)."""
+
+
+class CapabilityMissing(InvalidRequest):
+    """The model lacks tools, thinking, vision, insert, ... (400)."""
+
+
+class PromptTooLong(InvalidRequest):
+    """truncate:false and the prompt does not fit num_ctx (400)."""
+
+
+class InvalidFormat(HerdError):
+    """`format` is neither "json" nor a JSON-schema object. Ollama answers 500 before output."""
+
+
+class ServerBusy(HerdError):
+    """The scheduler's pending queue is full (503)."""
+
+
+class RequestCancelled(HerdError):
+    """The client went away while waiting (499)."""
+
+
+class RunnerFailed(HerdError):
+    """The model runner process died or failed to load the model (500)."""
+
+
+class ShuttingDown(HerdError):
+    """The server is stopping and takes no new work (503)."""
+
+
+RUNNER_STOPPED = (
+    "model runner has unexpectedly stopped, this may be due to resource limitations or an internal error, "
+    "check ollama server logs for details"
+)
