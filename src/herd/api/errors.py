@@ -1,0 +1,64 @@
+"""Typed errors -> status code and body, in one place, per dialect (native Ollama and OpenAI)."""
+
+from __future__ import annotations
+
+from fastapi.responses import JSONResponse
+
+from herd.errors import (
+    CapabilityMissing,
+    HerdError,
+    InvalidFormat,
+    InvalidRequest,
+    ModelNotFound,
+    PromptTooLong,
+    RequestCancelled,
+    RunnerFailed,
+    ServerBusy,
+    ShuttingDown,
+)
+
+_STATUS: tuple[tuple[type[HerdError], int], ...] = (
+    (PromptTooLong, 400),
+    (CapabilityMissing, 400),
+    (InvalidRequest, 400),
+    (ModelNotFound, 404),
+    (InvalidFormat, 500),  # Ollama raises it at generation time, before output
+    (ServerBusy, 503),
+    (ShuttingDown, 503),
+    (RequestCancelled, 499),
+    (RunnerFailed, 500),
+)
+
+
+def status_of(exc: HerdError) -> int:
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+class OllamaJSON(JSONResponse):
+    media_type = "application/json; charset=utf-8"
+
+    def render(self, content: object) -> bytes:
+        import json
+
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def ollama_error(exc: HerdError) -> OllamaJSON:
+    return OllamaJSON({"error": exc.message}, status_code=status_of(exc))
+
+
+def ollama_error_text(status: int, message: str) -> OllamaJSON:
+    return OllamaJSON({"error": message}, status_code=status)
+
+
+def openai_error_body(status: int, message: str) -> dict[str, object]:
+    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def openai_error(exc: HerdError) -> OllamaJSON:
+    status = status_of(exc)
+    return OllamaJSON(openai_error_body(status, exc.message), status_code=status)

@@ -1,0 +1,134 @@
+"""/api/* routes: parse, call a service, encode. No branching on business rules here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse, Response
+
+from herd import __version__
+from herd.api.body import read_json
+from herd.api.errors import OllamaJSON, ollama_error
+from herd.api.streaming import NDJSON, dumps, stream_response, until_disconnect
+from herd.chat import ChatChunk
+from herd.errors import HerdError, InvalidRequest
+from herd.schemas import ollama as wire
+from herd.services import Services
+
+router = APIRouter()
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+def _openapi(model: type[Any]) -> dict[str, Any]:
+    """Describe the real body in the OpenAPI document (bodies are read by hand to keep Ollama's errors)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema(
+        by_alias=True)}}}}
+
+
+@router.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse)
+async def root() -> PlainTextResponse:
+    return PlainTextResponse("Ollama is running", media_type="text/plain; charset=utf-8")
+
+
+@router.api_route("/api/version", methods=["GET", "HEAD"])
+async def version() -> Response:
+    return OllamaJSON({"version": __version__})
+
+
+@router.api_route("/api/tags", methods=["GET", "HEAD"])
+async def tags(request: Request) -> Response:
+    return OllamaJSON({"models": services(request).models.tags()})
+
+
+@router.get("/api/ps")
+async def ps(request: Request) -> Response:
+    return OllamaJSON({"models": services(request).models.ps()})
+
+
+@router.post("/api/show", openapi_extra=_openapi(wire.ShowRequest))
+async def show(request: Request) -> Response:
+    try:
+        body = await read_json(request, services(request).settings.max_body_bytes)
+        req = wire.decode(wire.ShowRequest, body, "ShowRequest")
+        return OllamaJSON(services(request).models.show(req.model or req.name or "", bool(req.verbose), req.system))
+    except HerdError as exc:
+        return ollama_error(exc)
+
+
+# ---- /api/chat ---------------------------------------------------------------------------------------------
+
+
+def chat_chunk_json(model: str, chunk: ChatChunk) -> dict[str, object]:
+    message: dict[str, object] = {"role": "assistant", "content": chunk.content}
+    if chunk.thinking:
+        message["thinking"] = chunk.thinking
+    if chunk.tool_calls:
+        message["tool_calls"] = [wire.tool_call_json(c) for c in chunk.tool_calls]
+    doc: dict[str, object] = {"model": model, "created_at": wire.now_rfc3339(), "message": message,
+                              "done": chunk.done}
+    if chunk.done_reason:
+        doc["done_reason"] = chunk.done_reason
+    if chunk.logprobs:
+        doc["logprobs"] = [wire.logprob_json(lp) for lp in chunk.logprobs]
+    doc.update(wire.metrics_json(chunk.metrics))
+    return doc
+
+
+def debug_json(model: str, chunk: ChatChunk) -> dict[str, object]:
+    return {"model": model, "created_at": wire.now_rfc3339(), "message": {"role": "", "content": ""},
+            "done": False, "_debug_info": {"rendered_template": chunk.debug_prompt, "image_count": 0}}
+
+
+async def aggregate_chat(model: str, chunks: AsyncIterator[ChatChunk], with_tools: bool) -> dict[str, object]:
+    """stream:false drains the same stream: content and thinking concatenated, calls and logprobs collected."""
+    content, thinking, calls, logprobs = [], [], [], []
+    last: ChatChunk | None = None
+    async for chunk in chunks:
+        if chunk.debug_prompt is not None:
+            return debug_json(model, chunk)
+        content.append(chunk.content)
+        thinking.append(chunk.thinking)
+        calls.extend(chunk.tool_calls)
+        logprobs.extend(chunk.logprobs)
+        last = chunk
+    assert last is not None
+    merged = ChatChunk("".join(content), "".join(thinking), tuple(calls) if with_tools else (), tuple(logprobs),
+                       True, last.done_reason, last.metrics)
+    return chat_chunk_json(model, merged)
+
+
+@router.post("/api/chat", openapi_extra=_openapi(wire.ChatRequest))
+async def chat(request: Request) -> Response:
+    svc = services(request)
+    try:
+        body = await read_json(request, svc.settings.max_body_bytes)
+        req = wire.decode(wire.ChatRequest, body, "ChatRequest")
+        turn = wire.to_chat_turn(req)
+        chunks = svc.chat.chat(turn)
+        if req.stream is False:
+            doc = await until_disconnect(request, aggregate_chat(turn.model, chunks, bool(turn.tools)))
+            return OllamaJSON(doc)
+    except HerdError as exc:
+        return ollama_error(exc)
+
+    def encode(chunk: ChatChunk) -> str | None:
+        if chunk.debug_prompt is not None:
+            return dumps(debug_json(turn.model, chunk)) + "\n"
+        if not (chunk.done or chunk.content or chunk.thinking or chunk.tool_calls or chunk.logprobs):
+            return None  # Ollama suppresses chunks that carry nothing
+        return dumps(chat_chunk_json(turn.model, chunk)) + "\n"
+
+    return await stream_response(chunks, encode, _error_line, NDJSON, on_error_before=ollama_error)
+
+
+def _error_line(exc: Exception) -> str:
+    message = exc.message if isinstance(exc, HerdError) else f"internal error: {exc}"
+    return dumps({"error": message}) + "\n"
+
+
+__all__ = ["router", "InvalidRequest"]

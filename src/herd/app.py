@@ -1,0 +1,43 @@
+"""create_app(settings) builds the FastAPI app; its lifespan starts and stops the scheduler and the runners."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from herd import __version__
+from herd.api import ollama
+from herd.config import Settings
+from herd.services import Services, build_services
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    svc = services or build_services(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc.scheduler.start()
+        try:
+            yield
+        finally:
+            await svc.scheduler.shutdown()
+
+    app = FastAPI(title="herd", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.services = svc
+    app.include_router(ollama.router)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # Go's mux answers unknown routes and wrong methods in plain text.
+        if exc.status_code == 405:
+            return PlainTextResponse("405 method not allowed", status_code=405, media_type="text/plain")
+        if exc.status_code == 404:
+            return PlainTextResponse("404 page not found", status_code=404, media_type="text/plain")
+        return PlainTextResponse(str(exc.detail), status_code=exc.status_code, media_type="text/plain")
+
+    return app

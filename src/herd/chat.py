@@ -1,0 +1,197 @@
+"""One chat turn: resolve the model, check capabilities, acquire a runner, render, constrain, generate, parse.
+
+The same async stream of `ChatChunk`s feeds the NDJSON encoder, the non-streaming aggregator and the OpenAI
+translation, so every dialect sees the same behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from herd.config import Settings
+from herd.engine.protocol import DoneEvent, LoadSpec, TokenLogprob
+from herd.engine.tokenizer import get_tokenizer
+from herd.errors import CapabilityMissing, InvalidRequest, ModelNotFound, RunnerFailed
+from herd.options import Limits, load_options, merge, sampling_params
+from herd.parsing.base import Delta, IncrementalParser, PassThrough, ToolCall
+from herd.prompt.builder import THINK_CLOSE, THINK_OPEN, build_prompt
+from herd.registry.models import ModelCatalog, ResolvedModel
+from herd.scheduler.scheduler import ModelRef, Scheduler
+from herd.types import ChatTurn, Think
+
+
+@dataclass(frozen=True)
+class Metrics:
+    total_duration: int = 0
+    load_duration: int = 0
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+
+
+@dataclass(frozen=True)
+class ChatChunk:
+    content: str = ""
+    thinking: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
+    done: bool = False
+    done_reason: str = ""
+    metrics: Metrics | None = None
+    context: tuple[int, ...] = field(default_factory=tuple)
+    debug_prompt: str | None = None
+
+
+def not_found(name: str) -> ModelNotFound:
+    return ModelNotFound(f"model '{name}' not found")
+
+
+class ChatService:
+    def __init__(self, catalog: ModelCatalog, scheduler: Scheduler, settings: Settings) -> None:
+        self.catalog = catalog
+        self.scheduler = scheduler
+        self.settings = settings
+        self.limits = Limits(settings.context_length, settings.max_num_ctx, settings.max_num_predict, settings.threads)
+
+    def resolve(self, name: str) -> ResolvedModel:
+        try:
+            return self.catalog.resolve(name)
+        except ModelNotFound:
+            raise not_found(name) from None
+
+    def model_ref(self, model: ResolvedModel) -> ModelRef:
+        return ModelRef(key=model.stored.name.key, name=model.name, digest=model.digest,
+                        details=model.details, size=model.size)
+
+    def load_spec(self, model: ResolvedModel, opts: dict[str, object], embedding: bool = False) -> LoadSpec:
+        lo = load_options(opts, model.gguf.context_length, self.limits)
+        return LoadSpec(
+            model_path=str(model.model_path),
+            num_ctx=lo.num_ctx,
+            num_batch=lo.num_batch,
+            num_parallel=1 if embedding else self.settings.num_parallel,
+            num_thread=lo.num_thread,
+            use_mmap=lo.use_mmap,
+            embedding=embedding,
+            prompt_cache=self.settings.prompt_cache,
+        )
+
+    def check_capabilities(self, model: ResolvedModel, turn: ChatTurn, sent_name: str) -> Think | None:
+        caps = model.capabilities
+        if "completion" not in caps:
+            raise CapabilityMissing(f'"{sent_name}" does not support chat')
+        if turn.tools and "tools" not in caps:
+            raise CapabilityMissing(f"{model.fully_qualified} does not support tools")
+        if any(m.images for m in turn.messages) and "vision" not in caps:
+            raise CapabilityMissing(f"{model.fully_qualified} does not support vision")
+        think = turn.think
+        if "thinking" in caps:
+            if think is None:
+                think = Think(True)  # current Ollama: thinking models think unless told not to
+        elif think is not None and think.enabled:
+            raise CapabilityMissing(f'"{sent_name}" does not support thinking')
+        return think
+
+    async def chat(self, turn: ChatTurn) -> AsyncIterator[ChatChunk]:
+        t0 = time.perf_counter_ns()
+        model = self.resolve(turn.model)
+        ref = self.model_ref(model)
+        if not turn.messages and turn.keep_alive == 0:
+            await self.scheduler.unload(ref.key)
+            yield ChatChunk(done=True, done_reason="unload")
+            return
+        think = self.check_capabilities(model, turn, turn.model)
+        opts = merge(model.parameters, turn.options)
+        spec = self.load_spec(model, opts)
+        sampling = sampling_params(opts, self.limits)
+        grammar = self.grammar_for(model, turn, think)
+        async with self.scheduler.lease(ref, spec, turn.keep_alive) as loaded:
+            t_loaded = time.perf_counter_ns()
+            if not turn.messages:
+                yield ChatChunk(done=True, done_reason="load")
+                return
+            tokenizer = await asyncio.to_thread(get_tokenizer, spec.model_path)
+            prompt = await asyncio.to_thread(
+                build_prompt, model, turn.messages, turn.tools, think, spec.num_ctx, tokenizer, turn.truncate
+            )
+            if turn.debug_render_only:
+                yield ChatChunk(done=False, debug_prompt=prompt.text)
+                return
+            parser = self.parser_for(model, turn, think, prompt.thinking_prefilled)
+            stream = loaded.runner.generate(prompt.tokens, sampling, turn.logprobs, turn.top_logprobs, grammar)
+            done: DoneEvent | None = None
+            async for ev in stream:
+                if isinstance(ev, DoneEvent):
+                    done = ev
+                    break
+                delta = parser.feed(ev.text) if ev.text else Delta()
+                if delta or ev.logprobs:
+                    yield ChatChunk(delta.content, delta.thinking, delta.tool_calls, ev.logprobs)
+            assert done is not None
+            if done.reason == "error":
+                raise RunnerFailed(done.error or "generation failed")
+            tail = parser.finish()
+            t_end = time.perf_counter_ns()
+            metrics = Metrics(
+                total_duration=t_end - t0,
+                load_duration=t_loaded - t0,
+                prompt_eval_count=done.prompt_tokens,
+                prompt_eval_duration=done.prompt_eval_ns,
+                eval_count=done.eval_count,
+                eval_duration=done.eval_ns,
+            )
+            yield ChatChunk(tail.content, tail.thinking, tail.tool_calls, (), True, done.reason, metrics,
+                            context=prompt.tokens + done.tokens)
+
+    # ---- helpers -----------------------------------------------------------------------------------------
+    def parser_for(self, model: ResolvedModel, turn: ChatTurn, think: Think | None, prefilled: bool) -> IncrementalParser:
+        thinking = None
+        tools = None
+        if think is not None and think.enabled and "thinking" in model.capabilities:
+            from herd.parsing.thinking import ThinkingParser
+
+            thinking = ThinkingParser(THINK_OPEN, THINK_CLOSE, prefilled=prefilled)
+        if turn.tools:
+            from herd.parsing.toolcalls import ToolCallParser, detect_tool_format
+
+            fmt, tag = detect_tool_format(model.template[1])
+            tools = ToolCallParser([t.name for t in turn.tools], fmt, tag) if tag else ToolCallParser(
+                [t.name for t in turn.tools], fmt)
+        if thinking is None and tools is None:
+            return PassThrough()
+        from herd.parsing.pipeline import OutputParser
+
+        return OutputParser(thinking, tools)
+
+    def grammar_for(self, model: ResolvedModel, turn: ChatTurn, think: Think | None) -> str | None:
+        if turn.format is None and not (turn.tools and (turn.constrain_tools or turn.force_tool is not None)):
+            return None
+        from herd.constrain import grammar as g
+
+        thinking = think is not None and think.enabled and "thinking" in model.capabilities
+        if turn.format is not None:
+            grammar = g.grammar_for_format(turn.format)
+            if grammar is None:
+                return None
+        else:
+            from herd.parsing.toolcalls import ToolFormat, detect_tool_format
+
+            specs = [g.ToolSpec(t.name, t.description, t.parameters) for t in turn.tools]
+            if turn.force_tool is not None:
+                grammar = g.grammar_for_forced_tool_call(specs, turn.force_tool or None)
+            else:
+                fmt, _ = detect_tool_format(model.template[1])
+                if fmt != ToolFormat.HERMES:
+                    return None  # only the <tool_call> family is constrained; others are parsed as Ollama does
+                grammar = g.grammar_for_tool_calls(specs)
+        if thinking:
+            grammar = g.with_thinking_prefix(grammar, THINK_OPEN, THINK_CLOSE)
+        try:
+            g.check_grammar(grammar)
+        except InvalidRequest:
+            raise
+        return grammar

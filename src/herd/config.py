@@ -1,0 +1,125 @@
+"""Settings from the environment: HERD_* names first, then the OLLAMA_* names that clients and scripts already set."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from herd.durations import parse_keep_alive
+
+DEFAULT_PORT = 11434
+
+
+def _env(*names: str) -> str | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value is not None:
+            # Ollama strips surrounding quotes and whitespace from every variable.
+            value = value.strip().strip("\"'").strip()
+            if value:
+                return value
+    return None
+
+
+def _int(default: int, *names: str) -> int:
+    raw = _env(*names)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        return default  # Ollama logs a warning and keeps the default
+
+
+def parse_host(raw: str | None) -> tuple[str, int]:
+    """`[scheme://]host[:port][/path]` as OLLAMA_HOST accepts it; a missing port is 11434."""
+    if not raw:
+        return "127.0.0.1", DEFAULT_PORT
+    scheme = ""
+    if "://" in raw:
+        scheme, raw = raw.split("://", 1)
+    raw = raw.split("/", 1)[0]
+    default_port = {"http": 80, "https": 443}.get(scheme, DEFAULT_PORT)
+    if raw.startswith("["):  # IPv6 literal
+        host, _, rest = raw[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") and rest[1:] else default_port
+        return host, port
+    host, sep, port_text = raw.rpartition(":")
+    if not sep:
+        return raw or "127.0.0.1", default_port
+    return host or "127.0.0.1", int(port_text) if port_text else default_port
+
+
+def physical_cores() -> int:
+    """llama.cpp runs best with one thread per physical core; SMT siblings only add contention."""
+    try:
+        cores = set()
+        for cpu in Path("/sys/devices/system/cpu").glob("cpu[0-9]*"):
+            core = cpu / "topology" / "core_id"
+            pkg = cpu / "topology" / "physical_package_id"
+            if core.exists():
+                cores.add((pkg.read_text().strip() if pkg.exists() else "0", core.read_text().strip()))
+        if cores:
+            return min(len(cores), len(os.sched_getaffinity(0)))
+    except OSError:
+        pass
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    models_dir: Path = field(default_factory=lambda: Path.home() / ".herd" / "models")
+    keep_alive_s: float = 300.0  # seconds; negative = forever
+    num_parallel: int = 8  # best aggregate throughput on a 2-core CPU (see README)
+    max_loaded_models: int = 3
+    max_queue: int = 512
+    context_length: int = 4096
+    num_thread: int = 0  # 0 = physical cores
+    origins: tuple[str, ...] = ()
+    load_timeout_s: float = 300.0
+    register_default_model: bool = True
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_num_ctx: int = 131072
+    max_num_predict: int = 1 << 20
+    shutdown_grace_s: float = 10.0
+    prompt_cache: bool = True
+
+    @property
+    def threads(self) -> int:
+        return self.num_thread if self.num_thread > 0 else physical_cores()
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        host, port = parse_host(_env("HERD_HOST", "OLLAMA_HOST"))
+        models = _env("HERD_MODELS", "OLLAMA_MODELS")
+        keep_alive_raw = _env("HERD_KEEP_ALIVE", "OLLAMA_KEEP_ALIVE")
+        keep_alive = 300.0
+        if keep_alive_raw is not None:
+            try:
+                # OLLAMA_KEEP_ALIVE also takes a bare integer of seconds.
+                keep_alive = float(int(keep_alive_raw))
+            except ValueError:
+                try:
+                    keep_alive = parse_keep_alive(keep_alive_raw)
+                except ValueError:
+                    pass
+        origins = tuple(o.strip() for o in (_env("HERD_ORIGINS", "OLLAMA_ORIGINS") or "").split(",") if o.strip())
+        max_loaded = _int(0, "HERD_MAX_LOADED_MODELS", "OLLAMA_MAX_LOADED_MODELS")
+        return cls(
+            host=host,
+            port=port,
+            models_dir=Path(models).expanduser() if models else Path.home() / ".herd" / "models",
+            keep_alive_s=keep_alive,
+            num_parallel=max(1, _int(8, "HERD_NUM_PARALLEL", "OLLAMA_NUM_PARALLEL")),
+            max_loaded_models=max_loaded if max_loaded > 0 else 3,
+            max_queue=max(1, _int(512, "HERD_MAX_QUEUE", "OLLAMA_MAX_QUEUE")),
+            context_length=max(4, _int(4096, "HERD_CONTEXT_LENGTH", "OLLAMA_CONTEXT_LENGTH")),
+            num_thread=_int(0, "HERD_NUM_THREAD"),
+            origins=origins,
+            load_timeout_s=float(_int(300, "HERD_LOAD_TIMEOUT")),
+            register_default_model=(_env("HERD_NO_DEFAULT_MODEL") is None),
+            prompt_cache=(_env("HERD_PROMPT_CACHE") or "1") not in ("0", "false", "off"),
+        )

@@ -1,0 +1,127 @@
+"""Messages between the server and a runner process. Plain frozen dataclasses, pickled over a pipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """Everything that fixes a runner at load time (spec 3.1). A request that needs other values reloads."""
+
+    model_path: str
+    num_ctx: int  # per sequence
+    num_batch: int
+    num_parallel: int
+    num_thread: int
+    use_mmap: bool
+    embedding: bool = False
+    prompt_cache: bool = True
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_last_n: int = 64
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int = -1
+    num_predict: int = -1
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerateCmd:
+    req_id: int
+    tokens: tuple[int, ...]
+    sampling: SamplingParams
+    logprobs: bool = False
+    top_logprobs: int = 0
+    grammar: str | None = None
+
+
+@dataclass(frozen=True)
+class EmbedCmd:
+    req_id: int
+    inputs: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
+class CancelCmd:
+    req_id: int
+
+
+@dataclass(frozen=True)
+class ShutdownCmd:
+    pass
+
+
+@dataclass(frozen=True)
+class StatusCmd:
+    pass
+
+
+# ---- events (runner -> server) ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class Ready:
+    ok: bool
+    error: str = ""
+    n_ctx_train: int = 0
+    memory_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class TextEvent:
+    req_id: int
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    req_id: int
+    reason: str  # "stop" | "length" | "cancel" | "error"
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    eval_count: int = 0
+    prompt_eval_ns: int = 0
+    eval_ns: int = 0
+    error: str = ""
+    tokens: tuple[int, ...] = field(default_factory=tuple)  # generated token ids (for /api/generate context)
+
+
+@dataclass(frozen=True)
+class EmbedEvent:
+    req_id: int
+    vectors: tuple[tuple[float, ...], ...]
+    prompt_tokens: int
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    active: int
+    free_slots: int
+    slot_tokens: tuple[int, ...]

@@ -1,0 +1,438 @@
+"""The runner process: one loaded model, many sequences decoded together in one llama_batch per step.
+
+It runs in its own process (like Ollama's runner) so a crash in native code kills only this model; unloading is
+ending the process. The loop, each step:
+  1. take commands from the pipe (new requests, cancels), without blocking while work is active;
+  2. give waiting requests a free slot, preferring the slot whose cached tokens share the longest prefix;
+  3. build one batch: one token for every decoding sequence, then prompt chunks of prefilling sequences, so a long
+     prompt is prefilled over several steps while the other streams keep decoding;
+  4. llama_decode, then sample each sequence that produced logits with its own sampler chain (and grammar);
+  5. send all events of the step in one message.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import random
+import sys
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+import numpy as np
+
+from herd.engine.protocol import (
+    CancelCmd,
+    DoneEvent,
+    EmbedCmd,
+    EmbedEvent,
+    GenerateCmd,
+    LoadSpec,
+    Ready,
+    ShutdownCmd,
+    StatusCmd,
+    StatusEvent,
+    TextEvent,
+    TokenLogprob,
+    TopLogprob,
+)
+from herd.parsing.stop import StopMatcher
+
+# While others decode, a prefilling sequence adds at most this many prompt tokens per step, so each step (and so
+# every other stream's next token) stays short. Alone, it uses the whole num_batch.
+INTERLEAVED_PREFILL_CHUNK = 64
+
+
+@dataclass
+class Slot:
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)  # exactly what this sequence's KV cache holds
+    last_used: float = 0.0
+    busy: bool = False
+
+
+@dataclass
+class Sequence:
+    cmd: GenerateCmd
+    slot: Slot
+    sampler: object
+    stop: StopMatcher
+    decoder: codecs.IncrementalDecoder
+    pending: list[int]  # prompt tokens not yet in the KV cache
+    cached: int
+    constraint: object | None = None
+    generated: list[int] = field(default_factory=list)
+    next_token: int | None = None  # sampled, not yet decoded
+    batch_index: int = -1
+    t_start: int = 0
+    t_first: int = 0
+    max_tokens: int = -1
+
+
+class Worker:
+    def __init__(self, conn: Connection, spec: LoadSpec) -> None:
+        import llama_cpp as L
+
+        self.L = L
+        self.conn = conn
+        self.spec = spec
+        self._log_cb = L.llama_log_callback(lambda level, text, data: None)  # kept: ctypes must not free it
+        L.llama_log_set(self._log_cb, ctypes.c_void_p(0))
+        L.llama_backend_init()
+        mp = L.llama_model_default_params()
+        mp.n_gpu_layers = 0
+        mp.load_mode = L.LLAMA_LOAD_MODE_MMAP if spec.use_mmap else L.LLAMA_LOAD_MODE_NONE
+        self.model = L.llama_model_load_from_file(spec.model_path.encode(), mp)
+        if not self.model:
+            raise RuntimeError(f"unable to load model: {spec.model_path}")
+        self.vocab = L.llama_model_get_vocab(self.model)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        cp = L.llama_context_default_params()
+        n_par = 1 if spec.embedding else spec.num_parallel
+        cp.n_ctx = spec.num_ctx * n_par
+        cp.n_batch = max(spec.num_batch, n_par)
+        cp.n_ubatch = max(spec.num_batch, n_par)
+        cp.n_seq_max = n_par
+        cp.n_threads = spec.num_thread
+        cp.n_threads_batch = spec.num_thread
+        cp.kv_unified = True  # one pool shared by the slots, so an idle slot's cache costs nothing extra
+        cp.no_perf = True
+        if spec.embedding:
+            cp.embeddings = True
+        self.ctx = L.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            raise RuntimeError("unable to create llama context")
+        self.mem = L.llama_get_memory(self.ctx)
+        self.n_batch = cp.n_batch
+        self.batch = L.llama_batch_init(self.n_batch, 0, 1)
+        self.slots = [Slot(i) for i in range(n_par)]
+        self.waiting: deque[GenerateCmd] = deque()
+        self.active: dict[int, Sequence] = {}
+        self.events: list[object] = []
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._piece_cache: dict[int, bytes] = {}
+        self.running = True
+        self._grammar_tokenizer: object | None = None
+
+    # ---- helpers -----------------------------------------------------------------------------------------
+    def piece(self, token: int) -> bytes:
+        cached = self._piece_cache.get(token)
+        if cached is None:
+            n = self.L.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, True)
+            cached = self._piece_buf.raw[: max(n, 0)]
+            self._piece_cache[token] = cached
+        return cached
+
+    def make_sampler(self, cmd: GenerateCmd) -> object:
+        L = self.L
+        s = cmd.sampling
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        last_n = self.spec.num_ctx if s.repeat_last_n < 0 else s.repeat_last_n
+        if last_n and (s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty):
+            L.llama_sampler_chain_add(
+                chain,
+                L.llama_sampler_init_penalties(last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty),
+            )
+        if s.temperature <= 0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+            return chain
+        if s.top_k > 0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(s.top_k))
+        if 0 < s.typical_p < 1.0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_typical(s.typical_p, 1))
+        if 0 < s.top_p < 1.0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(s.top_p, 1))
+        if s.min_p > 0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_min_p(s.min_p, 1))
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(s.temperature))
+        seed = s.seed if s.seed >= 0 else random.getrandbits(32)
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def make_constraint(self, grammar: str) -> object:
+        from herd.constrain.matcher import Constraint, TokenizerCache
+
+        if self._grammar_tokenizer is None:
+            self._grammar_tokenizer = TokenizerCache.get(self.vocab)
+        return Constraint(self._grammar_tokenizer, grammar)
+
+    # ---- scheduling --------------------------------------------------------------------------------------
+    def handle(self, msg: object) -> None:
+        if isinstance(msg, GenerateCmd):
+            self.waiting.append(msg)
+        elif isinstance(msg, CancelCmd):
+            self.cancel(msg.req_id)
+        elif isinstance(msg, EmbedCmd):
+            self.embed(msg)
+        elif isinstance(msg, StatusCmd):
+            self.events.append(
+                StatusEvent(len(self.active), sum(not s.busy for s in self.slots), tuple(len(s.tokens) for s in self.slots))
+            )
+        elif isinstance(msg, ShutdownCmd):
+            self.running = False
+
+    def cancel(self, req_id: int) -> None:
+        for i, cmd in enumerate(self.waiting):
+            if cmd.req_id == req_id:
+                del self.waiting[i]
+                self.events.append(DoneEvent(req_id, "cancel"))
+                return
+        seq = self.active.get(req_id)
+        if seq is not None:
+            self.finish(seq, "cancel")
+
+    def assign_slots(self) -> None:
+        while self.waiting:
+            free = [s for s in self.slots if not s.busy]
+            if not free:
+                return
+            cmd = self.waiting.popleft()
+            tokens = list(cmd.tokens)
+
+            def common(slot: Slot) -> int:
+                n = 0
+                for a, b in zip(slot.tokens, tokens):
+                    if a != b:
+                        break
+                    n += 1
+                return n
+
+            if self.spec.prompt_cache:
+                slot = max(free, key=lambda s: (common(s), -s.last_used))
+                keep = common(slot)
+            else:
+                slot = min(free, key=lambda s: s.last_used)
+                keep = 0
+            keep = min(keep, len(tokens) - 1)  # the last prompt token is always evaluated: it yields the logits
+            self.L.llama_memory_seq_rm(self.mem, slot.seq_id, keep, -1)
+            del slot.tokens[keep:]
+            slot.busy = True
+            try:
+                sampler = self.make_sampler(cmd)
+                constraint = self.make_constraint(cmd.grammar) if cmd.grammar else None
+            except Exception as exc:  # a grammar llguidance refuses must fail this request only
+                slot.busy = False
+                self.events.append(DoneEvent(cmd.req_id, "error", error=str(exc)))
+                continue
+            max_tokens = cmd.sampling.num_predict
+            seq = Sequence(
+                cmd=cmd,
+                slot=slot,
+                sampler=sampler,
+                stop=StopMatcher(cmd.sampling.stop),
+                decoder=codecs.getincrementaldecoder("utf-8")("replace"),
+                pending=tokens[keep:],
+                cached=keep,
+                constraint=constraint,
+                t_start=time.perf_counter_ns(),
+                max_tokens=max_tokens,
+            )
+            self.active[cmd.req_id] = seq
+
+    # ---- one step ----------------------------------------------------------------------------------------
+    def step(self) -> None:
+        L = self.L
+        batch = self.batch
+        n = 0
+        decoding = [s for s in self.active.values() if s.next_token is not None]
+        prefilling = [s for s in self.active.values() if s.next_token is None and s.pending]
+        for seq in decoding:
+            pos = len(seq.slot.tokens)
+            batch.token[n] = seq.next_token
+            batch.pos[n] = pos
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq.slot.seq_id
+            batch.logits[n] = 1
+            seq.slot.tokens.append(seq.next_token)  # type: ignore[arg-type]
+            seq.next_token = None
+            seq.batch_index = n
+            n += 1
+        budget = self.n_batch - n
+        chunk_cap = INTERLEAVED_PREFILL_CHUNK if decoding else budget
+        for seq in prefilling:
+            if budget <= 0:
+                seq.batch_index = -1
+                continue
+            take = min(len(seq.pending), budget, max(chunk_cap, 1))
+            pos = len(seq.slot.tokens)
+            chunk = seq.pending[:take]
+            for j, tok in enumerate(chunk):
+                batch.token[n] = tok
+                batch.pos[n] = pos + j
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = seq.slot.seq_id
+                batch.logits[n] = 0
+                n += 1
+            seq.slot.tokens.extend(chunk)
+            del seq.pending[:take]
+            budget -= take
+            if not seq.pending:
+                batch.logits[n - 1] = 1
+                seq.batch_index = n - 1
+            else:
+                seq.batch_index = -1
+        if n == 0:
+            return
+        batch.n_tokens = n
+        rc = L.llama_decode(self.ctx, batch)
+        if rc != 0:
+            # KV cache full or decode failure: end the sequences of this batch with an error, keep the runner.
+            for seq in decoding + prefilling:
+                seq.slot.tokens.clear()
+                L.llama_memory_seq_rm(self.mem, seq.slot.seq_id, 0, -1)
+                self.finish(seq, "error", error=f"llama_decode failed ({rc})")
+            return
+        now = time.perf_counter_ns()
+        for seq in decoding + prefilling:
+            if seq.batch_index >= 0 and seq.cmd.req_id in self.active:
+                self.sample(seq, now)
+
+    def sample(self, seq: Sequence, now: int) -> None:
+        L = self.L
+        idx = seq.batch_index
+        if not seq.t_first:
+            seq.t_first = now
+        logits = None
+        if seq.constraint is not None or seq.cmd.logprobs:
+            logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, idx), shape=(self.n_vocab,))
+        lp_entries: tuple[TokenLogprob, ...] = ()
+        raw_logprobs = None
+        if seq.cmd.logprobs and logits is not None:
+            shifted = logits.astype(np.float64) - float(logits.max())
+            raw_logprobs = shifted - np.log(np.exp(shifted).sum())
+        if seq.constraint is not None:
+            seq.constraint.apply(logits)  # type: ignore[attr-defined]
+        token = L.llama_sampler_sample(seq.sampler, self.ctx, idx)
+        if seq.constraint is not None:
+            seq.constraint.accept(token)  # type: ignore[attr-defined]
+        seq.generated.append(token)
+        if L.llama_vocab_is_eog(self.vocab, token):
+            self.finish(seq, "stop", drop_last=True)
+            return
+        if raw_logprobs is not None:
+            lp_entries = (self.logprob_entry(token, raw_logprobs, seq.cmd.top_logprobs),)
+        text = seq.decoder.decode(self.piece(token))
+        out = seq.stop.feed(text) if text else ""
+        if out or lp_entries:
+            self.events.append(TextEvent(seq.cmd.req_id, out, lp_entries))
+        if seq.stop.stopped:
+            self.finish(seq, "stop")
+            return
+        if seq.constraint is not None and seq.constraint.is_finished():  # type: ignore[attr-defined]
+            self.finish(seq, "stop")
+            return
+        if 0 <= seq.max_tokens <= len(seq.generated):
+            self.finish(seq, "length")
+            return
+        if len(seq.slot.tokens) + 1 >= self.spec.num_ctx:
+            self.finish(seq, "length")
+            return
+        seq.next_token = token
+
+    def logprob_entry(self, token: int, logprobs: np.ndarray, top: int) -> TokenLogprob:
+        def item(tok: int) -> TopLogprob:
+            raw = self.piece(tok)
+            return TopLogprob(raw.decode("utf-8", "replace"), float(logprobs[tok]), tuple(raw))
+
+        main = item(token)
+        tops: tuple[TopLogprob, ...] = ()
+        if top > 0:
+            k = min(top, logprobs.shape[0])
+            best = np.argpartition(-logprobs, k - 1)[:k]
+            best = best[np.argsort(-logprobs[best], kind="stable")]
+            tops = tuple(item(int(t)) for t in best)
+        return TokenLogprob(main.token, main.logprob, main.bytes, tops)
+
+    def finish(self, seq: Sequence, reason: str, error: str = "", drop_last: bool = False) -> None:
+        self.active.pop(seq.cmd.req_id, None)
+        tail = seq.decoder.decode(b"", final=True)
+        tail = seq.stop.feed(tail) if tail else ""
+        if reason != "cancel":
+            tail += seq.stop.finish()
+        if tail and reason not in ("cancel", "error"):
+            self.events.append(TextEvent(seq.cmd.req_id, tail))
+        now = time.perf_counter_ns()
+        t_first = seq.t_first or now
+        self.events.append(
+            DoneEvent(
+                seq.cmd.req_id,
+                reason,
+                prompt_tokens=len(seq.cmd.tokens),
+                cached_tokens=seq.cached,
+                eval_count=len(seq.generated),
+                prompt_eval_ns=t_first - seq.t_start,
+                eval_ns=now - t_first,
+                error=error,
+                tokens=tuple(seq.generated[:-1] if drop_last else seq.generated),
+            )
+        )
+        self.L.llama_sampler_free(seq.sampler)
+        seq.slot.busy = False
+        seq.slot.last_used = time.monotonic()
+
+    # ---- embeddings --------------------------------------------------------------------------------------
+    def embed(self, cmd: EmbedCmd) -> None:
+        L = self.L
+        vectors = []
+        total = 0
+        try:
+            n_embd = L.llama_model_n_embd(self.model)
+            for tokens in cmd.inputs:
+                L.llama_memory_clear(self.mem, True)
+                batch = self.batch
+                for i, tok in enumerate(tokens[: self.n_batch]):
+                    batch.token[i] = tok
+                    batch.pos[i] = i
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = 1
+                batch.n_tokens = min(len(tokens), self.n_batch)
+                total += batch.n_tokens
+                if L.llama_decode(self.ctx, batch) != 0:
+                    raise RuntimeError("llama_decode failed")
+                ptr = L.llama_get_embeddings_seq(self.ctx, 0)
+                vectors.append(tuple(float(x) for x in np.ctypeslib.as_array(ptr, shape=(n_embd,))))
+            self.events.append(EmbedEvent(cmd.req_id, tuple(vectors), total))
+        except Exception as exc:
+            self.events.append(EmbedEvent(cmd.req_id, (), total, error=str(exc)))
+
+    # ---- main loop ---------------------------------------------------------------------------------------
+    def run(self) -> None:
+        conn = self.conn
+        while self.running:
+            idle = not self.active and not self.waiting
+            if conn.poll(None if idle else 0):
+                try:
+                    self.handle(conn.recv())
+                    while conn.poll(0):
+                        self.handle(conn.recv())
+                except EOFError:
+                    return  # the server went away: nothing left to serve
+            self.assign_slots()
+            if self.active:
+                self.step()
+            if self.events:
+                events, self.events = self.events, []
+                conn.send(events)
+
+
+def runner_main(conn: Connection, spec: LoadSpec) -> None:
+    """Entry point of the runner process."""
+    try:
+        worker = Worker(conn, spec)
+        rss = 0
+        try:
+            with open(f"/proc/{os.getpid()}/statm") as f:
+                rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            pass
+        conn.send(Ready(True, n_ctx_train=worker.L.llama_model_n_ctx_train(worker.model), memory_bytes=rss))
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        conn.send(Ready(False, error=str(exc)))
+        return
+    worker.run()

@@ -1,0 +1,126 @@
+"""What /api/tags, /api/show and /api/ps report about stored and loaded models."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+
+from herd.errors import ModelNotFound
+from herd.registry.models import ModelCatalog, ResolvedModel
+from herd.scheduler.scheduler import Scheduler
+
+
+def rfc3339_local(dt: datetime) -> str:
+    """File times in the local offset with nanoseconds, trailing zeros trimmed (Go's RFC3339Nano)."""
+    text = dt.isoformat(timespec="microseconds")
+    head, _, rest = text.partition(".")
+    frac = rest[:6].rstrip("0")
+    offset = rest[6:]
+    if offset in ("+00:00", ""):
+        offset = "Z"
+    return f"{head}.{frac}{offset}" if frac else f"{head}{offset}"
+
+
+class ModelViews:
+    def __init__(self, catalog: ModelCatalog, scheduler: Scheduler) -> None:
+        self.catalog = catalog
+        self.scheduler = scheduler
+
+    def _details(self, model: ResolvedModel, with_lengths: bool) -> dict[str, object]:
+        details = dict(model.details)
+        if with_lengths:
+            try:
+                if model.gguf.context_length:
+                    details["context_length"] = model.gguf.context_length
+                if model.gguf.embedding_length:
+                    details["embedding_length"] = model.gguf.embedding_length
+            except Exception:
+                pass
+        return details
+
+    def tags(self) -> list[dict[str, object]]:
+        out = []
+        for model in self.catalog.list():
+            try:
+                caps = list(model.capabilities)
+                details = self._details(model, True)
+            except Exception:
+                continue  # a model whose weights are missing or broken is not listed as runnable
+            out.append({
+                "name": model.name,
+                "model": model.name,
+                "modified_at": rfc3339_local(model.stored.modified_at),
+                "size": model.size,
+                "digest": model.digest,
+                "details": details,
+                "capabilities": caps,
+            })
+        return out
+
+    def show(self, name: str, verbose: bool, system: str | None) -> dict[str, object]:
+        from herd.errors import InvalidRequest
+        from herd.registry.names import ModelName
+
+        if not name.strip():
+            raise InvalidRequest("model is required")
+        parsed = ModelName.parse(name.strip())
+        try:
+            model = self.catalog.resolve(name.strip())
+        except ModelNotFound:
+            raise ModelNotFound(f"model '{parsed.display}' not found") from None
+        from herd.registry import modelfile
+
+        kind, template = model.template
+        params = model.parameters
+        doc: dict[str, object] = {
+            "modelfile": modelfile.render_modelfile(
+                name=model.name, model_path=str(model.model_path), template=template,
+                system=system if system is not None else model.system, parameters=_param_items(params),
+                messages=tuple((m.role, m.content) for m in model.messages),
+                license=(model.license,) if model.license else (),
+            ),
+            "parameters": modelfile.format_parameters(_param_items(params)),
+            "template": template,
+        }
+        if system or model.system:
+            doc["system"] = system if system is not None else model.system
+        if model.license:
+            doc["license"] = model.license
+        doc["details"] = self._details(model, False)
+        doc["model_info"] = model.gguf.model_info(verbose)
+        if verbose:
+            doc["tensors"] = [{"name": t.name, "type": t.type, "shape": list(t.shape)} for t in model.gguf.tensors]
+        doc["capabilities"] = list(model.capabilities)
+        doc["modified_at"] = rfc3339_local(model.stored.modified_at)
+        return doc
+
+    def ps(self) -> list[dict[str, object]]:
+        out = []
+        now = datetime.now(timezone.utc)
+        for entry, remaining in self.scheduler.snapshot():
+            expires = now + timedelta(days=365 * 200) if remaining == float("inf") else now + timedelta(
+                seconds=remaining)
+            out.append({
+                "name": entry.name,
+                "model": entry.name,
+                "size": entry.size,
+                "digest": entry.digest,
+                "details": entry.details,
+                "expires_at": rfc3339_local(expires.astimezone()),
+                "size_vram": 0,
+                "context_length": entry.spec.num_ctx,
+            })
+        return out
+
+
+def _param_items(params: dict[str, object]) -> tuple[tuple[str, object], ...]:
+    items: list[tuple[str, object]] = []
+    for key, value in params.items():
+        if isinstance(value, (list, tuple)):
+            items.extend((key, v) for v in value)
+        else:
+            items.append((key, value))
+    return tuple(items)
+
+
+_ = time

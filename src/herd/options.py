@@ -1,0 +1,114 @@
+"""Ollama's `options` (spec 3): typed, merged request > Modelfile PARAMETER > defaults, split into load-time and
+sampling parts. A wrong type is a client error (400 here; Ollama answers 500)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from herd.engine.protocol import SamplingParams
+from herd.errors import InvalidRequest
+
+INT_OPTIONS = {
+    "num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep", "seed", "num_predict", "top_k",
+    "repeat_last_n", "mirostat", "num_gqa", "draft_num_predict",
+}
+FLOAT_OPTIONS = {
+    "temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
+    "mirostat_tau", "mirostat_eta", "tfs_z",
+}
+BOOL_OPTIONS = {
+    "use_mmap", "use_mlock", "numa", "penalize_newline", "low_vram", "f16_kv", "vocab_only", "embedding_only",
+    "logits_all",
+}
+
+
+def _check(key: str, value: object) -> object:
+    if key in INT_OPTIONS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidRequest(f'option "{key}" must be of type integer')
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidRequest(f'option "{key}" must be of type integer')
+        return int(value)  # any JSON number, truncated, as Ollama does
+    if key in FLOAT_OPTIONS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidRequest(f'option "{key}" must be of type float32')
+        return float(value)
+    if key in BOOL_OPTIONS:
+        if not isinstance(value, bool):
+            raise InvalidRequest(f'option "{key}" must be of type boolean')
+        return value
+    if key == "stop":
+        if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+            raise InvalidRequest('option "stop" must be of an array of strings')
+        return tuple(value)
+    return value
+
+
+def validate_options(options: Mapping[str, object]) -> dict[str, object]:
+    """Type-check known keys; unknown keys are ignored and null values skipped, as in Ollama."""
+    out: dict[str, object] = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key in INT_OPTIONS or key in FLOAT_OPTIONS or key in BOOL_OPTIONS or key == "stop":
+            out[key] = _check(key, value)
+    return out
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    num_ctx: int
+    num_batch: int
+    num_thread: int
+    use_mmap: bool
+
+
+@dataclass(frozen=True)
+class Limits:
+    default_num_ctx: int
+    max_num_ctx: int
+    max_num_predict: int
+    threads: int
+
+
+def merge(model_params: Mapping[str, object], request: Mapping[str, object]) -> dict[str, object]:
+    merged = validate_options({k: (list(v) if isinstance(v, tuple) else v) for k, v in model_params.items()})
+    merged.update(validate_options(request))
+    return merged
+
+
+def load_options(opts: Mapping[str, object], n_ctx_train: int, limits: Limits) -> LoadOptions:
+    num_ctx = int(opts.get("num_ctx", limits.default_num_ctx))  # type: ignore[call-overload]
+    if num_ctx > limits.max_num_ctx:
+        raise InvalidRequest(f"num_ctx {num_ctx} exceeds the limit of {limits.max_num_ctx}")
+    num_ctx = max(4, min(num_ctx, n_ctx_train) if n_ctx_train > 0 else num_ctx)
+    num_batch = int(opts.get("num_batch", 512))  # type: ignore[call-overload]
+    if num_batch > 8192:
+        raise InvalidRequest(f"num_batch {num_batch} exceeds the limit of 8192")
+    num_batch = max(32, num_batch)
+    num_thread = int(opts.get("num_thread", 0))  # type: ignore[call-overload]
+    if num_thread <= 0 or num_thread > 256:
+        num_thread = limits.threads
+    return LoadOptions(num_ctx, num_batch, num_thread, bool(opts.get("use_mmap", True)))
+
+
+def sampling_params(opts: Mapping[str, object], limits: Limits) -> SamplingParams:
+    num_predict = int(opts.get("num_predict", -1))  # type: ignore[call-overload]
+    if num_predict > limits.max_num_predict:
+        raise InvalidRequest(f"num_predict {num_predict} exceeds the limit of {limits.max_num_predict}")
+    stop = opts.get("stop", ())
+    return SamplingParams(
+        temperature=float(opts.get("temperature", 0.8)),  # type: ignore[arg-type]
+        top_k=int(opts.get("top_k", 40)),  # type: ignore[call-overload]
+        top_p=float(opts.get("top_p", 0.9)),  # type: ignore[arg-type]
+        min_p=float(opts.get("min_p", 0.0)),  # type: ignore[arg-type]
+        typical_p=float(opts.get("typical_p", 1.0)),  # type: ignore[arg-type]
+        repeat_last_n=int(opts.get("repeat_last_n", 64)),  # type: ignore[call-overload]
+        repeat_penalty=float(opts.get("repeat_penalty", 1.0)),  # type: ignore[arg-type]
+        presence_penalty=float(opts.get("presence_penalty", 0.0)),  # type: ignore[arg-type]
+        frequency_penalty=float(opts.get("frequency_penalty", 0.0)),  # type: ignore[arg-type]
+        seed=int(opts.get("seed", -1)),  # type: ignore[call-overload]
+        num_predict=num_predict,
+        stop=tuple(stop),  # type: ignore[arg-type]
+    )

@@ -1,0 +1,49 @@
+"""Stop sequences: the matched text never reaches the output, even when it spans tokens.
+
+Text that could be the start of a stop string is held back until it either completes a stop string (then it is
+dropped and generation ends) or cannot any more (then it is released).
+"""
+
+from __future__ import annotations
+
+
+class StopMatcher:
+    def __init__(self, stops: tuple[str, ...] | list[str]) -> None:
+        self.stops = tuple(s for s in stops if s)
+        self._held = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        """Returns the text that is safe to emit. After a match, `stopped` is True and later text is ignored."""
+        if self.stopped:
+            return ""
+        if not self.stops:
+            return text
+        buf = self._held + text
+        first = -1
+        for stop in self.stops:
+            i = buf.find(stop)
+            if i != -1 and (first == -1 or i < first):
+                first = i
+        if first != -1:
+            self.stopped = True
+            self._held = ""
+            return buf[:first]
+        keep = self._partial_suffix(buf)
+        self._held = buf[len(buf) - keep :] if keep else ""
+        return buf[: len(buf) - keep]
+
+    def _partial_suffix(self, buf: str) -> int:
+        """Length of the longest suffix of buf that is a proper prefix of some stop string."""
+        best = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(buf)), best, -1):
+                if buf.endswith(stop[:n]):
+                    best = n
+                    break
+        return best
+
+    def finish(self) -> str:
+        """At the end of generation, held text that never became a stop string is real output."""
+        held, self._held = self._held, ""
+        return "" if self.stopped else held

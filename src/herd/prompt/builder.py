@@ -1,0 +1,140 @@
+"""Prompt assembly (spec 7.1) and fitting into num_ctx (spec 2.7).
+
+The conversation is the model's MESSAGE history plus the request's messages, with the model's SYSTEM in front
+unless the request brings its own. It is rendered with the model's template (the GGUF's Jinja template, or a Go
+template from a Modelfile) and, if too long, oldest messages are dropped (system messages are kept) until it fits.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+
+from herd.errors import PromptTooLong
+from herd.prompt.jinja import render_jinja
+from herd.registry.models import ResolvedModel, TemplateKind
+from herd.types import Message, Think, ToolDef
+
+PROMPT_TOO_LONG = (
+    "the prompt is longer than the context length currently available to the model; shorten the prompt, adjust "
+    "the context length in settings, or use a model with a longer context length"
+)
+NUM_KEEP = 4
+IMAGE_TOKENS = 768  # Ollama counts each image as this many tokens when fitting
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+_THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.S)
+
+
+class Encoder:
+    def encode(self, text: str, add_special: bool = True) -> tuple[int, ...]: ...
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    text: str
+    tokens: tuple[int, ...]
+    thinking_prefilled: bool  # the template already opened the thinking block
+    image_count: int = 0
+
+
+def assemble_messages(model: ResolvedModel, messages: Sequence[Message]) -> list[Message]:
+    msgs = [Message(role=m.role, content=m.content) for m in model.messages]
+    msgs.extend(messages)
+    if model.system and not (messages and messages[0].role == "system"):
+        msgs.insert(0, Message(role="system", content=model.system))
+    family = model.gguf.architecture.lower()
+    if family.startswith("qwen3") or "deepseek" in family:
+        last_user = max((i for i, m in enumerate(msgs) if m.role == "user"), default=-1)
+        msgs = [
+            Message(**{**m.__dict__, "content": _THINK_BLOCK.sub("", m.content)})
+            if m.role == "assistant" and i < last_user else m
+            for i, m in enumerate(msgs)
+        ]
+    return msgs
+
+
+def _jinja_message(m: Message) -> dict[str, object]:
+    doc: dict[str, object] = {"role": m.role, "content": m.content}
+    if m.thinking:
+        doc["thinking"] = m.thinking
+        doc["reasoning_content"] = m.thinking
+    if m.tool_calls:
+        doc["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"index": c.index, "name": c.name, "arguments": c.arguments}}
+            for c in m.tool_calls
+        ]
+    if m.role == "tool":
+        if m.tool_name:
+            doc["tool_name"] = m.tool_name
+            doc["name"] = m.tool_name
+        if m.tool_call_id:
+            doc["tool_call_id"] = m.tool_call_id
+    return doc
+
+
+def render(model: ResolvedModel, messages: Sequence[Message], tools: Sequence[ToolDef], think: Think | None) -> str:
+    kind, source = model.template
+    if kind == TemplateKind.JINJA:
+        variables: dict[str, object] = {
+            "messages": [_jinja_message(m) for m in messages],
+            "add_generation_prompt": True,
+            "bos_token": model.gguf.bos_token,
+            "eos_token": model.gguf.eos_token,
+            "date_string": date.today().strftime("%d %b %Y"),
+        }
+        if tools:
+            variables["tools"] = [t.raw or {"type": "function", "function": {
+                "name": t.name, "description": t.description, "parameters": t.parameters}} for t in tools]
+        if think is not None:
+            variables["enable_thinking"] = think.enabled
+            if think.enabled:
+                variables["reasoning_effort"] = think.level or "medium"
+        return render_jinja(source, variables)
+    from herd.prompt import gotemplate
+
+    return gotemplate.render_chat(
+        gotemplate.GoTemplate(source),
+        messages,
+        tools,
+        think=think.enabled if think is not None else None,
+        think_level=think.level if think is not None else "",
+    )
+
+
+def build_prompt(
+    model: ResolvedModel,
+    messages: Sequence[Message],
+    tools: Sequence[ToolDef],
+    think: Think | None,
+    num_ctx: int,
+    encoder: Encoder,
+    truncate: bool = True,
+) -> RenderedPrompt:
+    msgs = assemble_messages(model, messages)
+
+    def attempt(candidate: list[Message]) -> tuple[str, tuple[int, ...], int]:
+        text = render(model, candidate, tools, think)
+        images = sum(len(m.images) for m in candidate)
+        return text, encoder.encode(text), images
+
+    text, tokens, images = attempt(msgs)
+    if len(tokens) + images * IMAGE_TOKENS > num_ctx:
+        if not truncate:
+            raise PromptTooLong(PROMPT_TOO_LONG)
+        # Drop from the front one message at a time; system messages of the dropped part stay, first.
+        for start in range(1, len(msgs)):
+            kept_system = [m for m in msgs[:start] if m.role == "system"]
+            candidate = kept_system + [m for m in msgs[start:] if not (m.role == "system" and m in kept_system)]
+            text, tokens, images = attempt(candidate)
+            if len(tokens) + images * IMAGE_TOKENS <= num_ctx:
+                break
+    if len(tokens) >= num_ctx:
+        # Only the last message is left and it alone is too long: like Ollama's runner, keep the first num_keep
+        # tokens and the end of the prompt, leaving one position for the answer.
+        keep = min(NUM_KEEP, num_ctx // 2)
+        tokens = tokens[:keep] + tokens[len(tokens) - (num_ctx - keep - 1):]
+    prefilled = think is not None and think.enabled and text.rstrip().endswith(THINK_OPEN)
+    return RenderedPrompt(text, tokens, prefilled, images)

@@ -1,0 +1,46 @@
+"""The services one server runs, wired together once (no module globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from herd.chat import ChatService
+from herd.config import Settings
+from herd.engine.runner import ProcessRunner
+from herd.model_views import ModelViews
+from herd.registry.default_model import register_default_model
+from herd.registry.models import ModelCatalog
+from herd.registry.store import Store
+from herd.scheduler.scheduler import Scheduler
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    catalog: ModelCatalog
+    scheduler: Scheduler
+    chat: ChatService
+    models: ModelViews
+
+
+def build_services(settings: Settings, runner_factory: object = None) -> Services:
+    store = Store(settings.models_dir)
+    if settings.register_default_model:
+        register_default_model(store)
+    catalog = ModelCatalog(store)
+    scheduler = Scheduler(
+        runner_factory or ProcessRunner,  # type: ignore[arg-type]
+        max_loaded=settings.max_loaded_models,
+        max_queue=settings.max_queue,
+        default_keep_alive=settings.keep_alive_s,
+        load_timeout=settings.load_timeout_s,
+    )
+    return Services(
+        settings=settings,
+        store=store,
+        catalog=catalog,
+        scheduler=scheduler,
+        chat=ChatService(catalog, scheduler, settings),
+        models=ModelViews(catalog, scheduler),
+    )
