@@ -159,8 +159,8 @@ class ChatService:
             from herd.parsing.toolcalls import ToolCallParser, detect_tool_format
 
             fmt, tag = detect_tool_format(model.template[1])
-            tools = ToolCallParser([t.name for t in turn.tools], fmt, tag) if tag else ToolCallParser(
-                [t.name for t in turn.tools], fmt)
+            # Spec 7.4: an unparsed tagged call is dropped, not shown as content.
+            tools = ToolCallParser([t.name for t in turn.tools], fmt, tag or None, unparsed_as_content=False)
         if thinking is None and tools is None:
             return PassThrough()
         from herd.parsing.pipeline import OutputParser

@@ -50,6 +50,13 @@ async def ps(request: Request) -> Response:
     return OllamaJSON({"models": services(request).models.ps()})
 
 
+@router.get("/api/herd/runners")
+async def runners(request: Request) -> Response:
+    from herd.model_views import runner_status
+
+    return OllamaJSON({"runners": await runner_status(services(request).scheduler)})
+
+
 @router.post("/api/show", openapi_extra=_openapi(wire.ShowRequest))
 async def show(request: Request) -> Response:
     try:
