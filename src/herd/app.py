@@ -10,7 +10,7 @@ from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from herd import __version__
-from herd.api import ollama
+from herd.api import ollama, ollama_generate, ollama_models, openai
 from herd.config import Settings
 from herd.services import Services, build_services
 
@@ -30,6 +30,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = FastAPI(title="herd", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.services = svc
     app.include_router(ollama.router)
+    app.include_router(ollama_generate.router)
+    app.include_router(ollama_models.router)
+    app.include_router(openai.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

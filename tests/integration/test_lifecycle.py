@@ -16,6 +16,10 @@ from tests.integration.server import HerdServer
 pytestmark = pytest.mark.integration
 
 
+# High-temperature sampling over the whole vocabulary almost never picks the end-of-turn token: long generations.
+LONG = {"num_predict": 4000, "temperature": 2.0, "top_k": 0, "top_p": 1.0, "seed": 7}
+
+
 def ps_names(http: httpx.Client) -> list[str]:
     return [m["name"] for m in http.get("/api/ps").json()["models"]]
 
@@ -71,7 +75,7 @@ def test_runner_killed_mid_request_gives_error_then_recovers(http: httpx.Client,
     pids = server.runner_pids()
     assert len(pids) == 1
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a very long story."}],
-            "options": {"num_predict": 2000, "temperature": 0.8}}
+            "options": LONG}
     with http.stream("POST", "/api/chat", json=body) as resp:
         assert resp.status_code == 200
         lines = resp.iter_lines()
@@ -90,14 +94,18 @@ def test_runner_killed_mid_request_gives_error_then_recovers(http: httpx.Client,
 def test_runner_killed_before_non_stream_answer_gives_500(http: httpx.Client, server: HerdServer) -> None:
     http.post("/api/chat", json={"model": MODEL, "messages": []})
     pids = server.runner_pids()
+    assert pids
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a very long story."}],
-            "stream": False, "options": {"num_predict": 3000}}
+            "stream": False, "options": LONG}
     import threading
 
     def kill_soon() -> None:
         time.sleep(1.0)
         for pid in pids:
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     threading.Thread(target=kill_soon).start()
     resp = http.post("/api/chat", json=body)
@@ -109,7 +117,7 @@ def test_runner_killed_before_non_stream_answer_gives_500(http: httpx.Client, se
 def test_client_disconnect_frees_the_slot(server: HerdServer) -> None:
     """Streams and non-streamed requests that the client abandons are cancelled: their slots free at once."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a very long story."}],
-            "options": {"num_predict": 4000, "temperature": 0.8}}
+            "options": LONG}
     with httpx.Client(base_url=server.url, timeout=60) as c:
         c.post("/api/chat", json={"model": MODEL, "messages": []})
 
@@ -118,7 +126,9 @@ def test_client_disconnect_frees_the_slot(server: HerdServer) -> None:
 
         for _ in range(2):
             with c.stream("POST", "/api/chat", json=body) as resp:
-                next(resp.iter_lines())
+                lines = resp.iter_lines()  # keep a reference: a collected iterator closes the response
+                first = next(lines)
+                assert '"done":false' in first, first
                 assert active() == 1
             t0 = time.monotonic()
             assert wait_until(lambda: active() == 0, timeout=5)
