@@ -125,7 +125,8 @@ async def runner_status(scheduler: Scheduler) -> list[dict[str, object]]:
         except Exception:
             continue
         out.append({"model": entry.name, "pid": getattr(entry.runner, "pid", None), "active": st.active,
-                    "free_slots": st.free_slots, "slot_tokens": list(st.slot_tokens)})
+                    "free_slots": st.free_slots, "slot_tokens": list(st.slot_tokens),
+                    "prompt_evaluated": st.prompt_evaluated, "prompt_cached": st.prompt_cached})
     return out
 
 

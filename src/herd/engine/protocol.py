@@ -125,3 +125,5 @@ class StatusEvent:
     active: int
     free_slots: int
     slot_tokens: tuple[int, ...]
+    prompt_evaluated: int = 0  # prompt tokens run through the model since load
+    prompt_cached: int = 0  # prompt tokens served from a slot's KV cache instead

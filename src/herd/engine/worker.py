@@ -99,7 +99,10 @@ class Worker:
         cp.n_seq_max = n_par
         cp.n_threads = spec.num_thread
         cp.n_threads_batch = spec.num_thread
-        cp.kv_unified = True  # one pool shared by the slots, so an idle slot's cache costs nothing extra
+        # One KV stream per slot, not a unified pool: attention then reads only the sequence's own cells, laid
+        # out the same way whatever else runs, so a seeded request gives the same text alone or among 7 others.
+        # (With a unified pool, KV placement changes the float summation order: 0 of 8 texts matched.)
+        cp.kv_unified = False
         cp.no_perf = True
         if spec.embedding:
             cp.embeddings = True
@@ -117,6 +120,8 @@ class Worker:
         self._piece_cache: dict[int, bytes] = {}
         self.running = True
         self._grammar_tokenizer: object | None = None
+        self.prompt_evaluated = 0
+        self.prompt_cached = 0
 
     # ---- helpers -----------------------------------------------------------------------------------------
     def piece(self, token: int) -> bytes:
@@ -170,7 +175,8 @@ class Worker:
             self.embed(msg)
         elif isinstance(msg, StatusCmd):
             self.events.append(
-                StatusEvent(len(self.active), sum(not s.busy for s in self.slots), tuple(len(s.tokens) for s in self.slots))
+                StatusEvent(len(self.active), sum(not s.busy for s in self.slots),
+                            tuple(len(s.tokens) for s in self.slots), self.prompt_evaluated, self.prompt_cached)
             )
         elif isinstance(msg, ShutdownCmd):
             self.running = False
@@ -232,6 +238,8 @@ class Worker:
                 max_tokens=max_tokens,
             )
             self.active[cmd.req_id] = seq
+            self.prompt_cached += keep
+            self.prompt_evaluated += len(tokens) - keep
 
     # ---- one step ----------------------------------------------------------------------------------------
     def step(self) -> None:
