@@ -40,11 +40,16 @@ class RawLlama:
         cp.n_batch = 512
         cp.n_seq_max = n_seq
         cp.n_threads = cp.n_threads_batch = physical_cores()
-        cp.kv_unified = True
+        cp.kv_unified = False  # one KV stream per sequence, as herd's runner uses
         self.ctx = L.llama_init_from_model(self.model, cp)
         self.vocab = L.llama_model_get_vocab(self.model)
         self.n_seq = n_seq
         self.batch = L.llama_batch_init(512, 0, 1)
+
+    def close(self) -> None:
+        self.L.llama_batch_free(self.batch)
+        self.L.llama_free(self.ctx)
+        self.L.llama_model_free(self.model)
 
     def tokenize(self, text: str) -> list[int]:
         data = text.encode()

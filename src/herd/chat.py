@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from herd.config import Settings
 from herd.engine.protocol import DoneEvent, LoadSpec, TokenLogprob
@@ -122,30 +122,56 @@ class ChatService:
                 yield ChatChunk(done=False, debug_prompt=prompt.text)
                 return
             parser = self.parser_for(model, turn, think, prompt.thinking_prefilled)
-            stream = loaded.runner.generate(prompt.tokens, sampling, turn.logprobs, turn.top_logprobs, grammar)
+            two_phase = grammar is not None and turn.format is not None and prompt.thinking_prefilled
+            first_grammar = None if two_phase else grammar
+            first_sampling = replace(sampling, stop=sampling.stop + (THINK_CLOSE,)) if two_phase else sampling
             done: DoneEvent | None = None
-            async for ev in stream:
+            raw: list[str] = []
+            async for ev in loaded.runner.generate(prompt.tokens, first_sampling, turn.logprobs, turn.top_logprobs,
+                                                   first_grammar):
                 if isinstance(ev, DoneEvent):
                     done = ev
                     break
+                raw.append(ev.text)
                 delta = parser.feed(ev.text) if ev.text else Delta()
                 if delta or ev.logprobs:
                     yield ChatChunk(delta.content, delta.thinking, delta.tool_calls, ev.logprobs)
             assert done is not None
             if done.reason == "error":
                 raise RunnerFailed(done.error or "generation failed")
+            first = done
+            if two_phase and done.reason == "stop":
+                # Ollama's way for format on a thinking model (spec 2.10): think unconstrained; when thinking
+                # ends (the close tag, or the model's own end of turn), close the block and generate the answer
+                # under the constraint. The prompt plus the thinking is a prefix of the KV cache: only the close
+                # tag is evaluated again.
+                parser.feed(THINK_CLOSE)
+                tokens = tokenizer.encode(prompt.text + "".join(raw) + THINK_CLOSE + "\n")
+                left = sampling.num_predict - first.eval_count if sampling.num_predict >= 0 else -1
+                answer_grammar = self.grammar_for(model, turn, None)
+                async for ev in loaded.runner.generate(tokens, replace(sampling, num_predict=left), turn.logprobs,
+                                                       turn.top_logprobs, answer_grammar):
+                    if isinstance(ev, DoneEvent):
+                        done = ev
+                        break
+                    delta = parser.feed(ev.text) if ev.text else Delta()
+                    if delta or ev.logprobs:
+                        yield ChatChunk(delta.content, delta.thinking, delta.tool_calls, ev.logprobs)
+                if done.reason == "error":
+                    raise RunnerFailed(done.error or "generation failed")
             tail = parser.finish()
             t_end = time.perf_counter_ns()
+            second = done if done is not first else None
             metrics = Metrics(
                 total_duration=t_end - t0,
                 load_duration=t_loaded - t0,
-                prompt_eval_count=done.prompt_tokens,
-                prompt_eval_duration=done.prompt_eval_ns,
-                eval_count=done.eval_count,
-                eval_duration=done.eval_ns,
+                prompt_eval_count=first.prompt_tokens,
+                prompt_eval_duration=first.prompt_eval_ns,
+                eval_count=first.eval_count + (second.eval_count if second else 0),
+                eval_duration=first.eval_ns + (second.eval_ns + second.prompt_eval_ns if second else 0),
             )
             yield ChatChunk(tail.content, tail.thinking, tail.tool_calls, (), True, done.reason, metrics,
-                            context=prompt.tokens + done.tokens)
+                            context=prompt.tokens + first.tokens + (second.tokens if second else ()))
 
     # ---- helpers -----------------------------------------------------------------------------------------
     def parser_for(self, model: ResolvedModel, turn: ChatTurn, think: Think | None, prefilled: bool) -> IncrementalParser:
@@ -167,31 +193,29 @@ class ChatService:
 
         return OutputParser(thinking, tools)
 
-    def grammar_for(self, model: ResolvedModel, turn: ChatTurn, think: Think | None) -> str | None:
+    def grammar_for(self, model: ResolvedModel, turn: ChatTurn, think: Think | None,
+                    prefilled: bool = False) -> str | None:
+        """The constraint for this turn, or None. Called before loading (so a bad schema is a 400 before any
+        work) and again after rendering, when it is known whether the template pre-opened thinking."""
         if turn.format is None and not (turn.tools and (turn.constrain_tools or turn.force_tool is not None)):
             return None
         from herd.constrain import grammar as g
 
         thinking = think is not None and think.enabled and "thinking" in model.capabilities
         if turn.format is not None:
-            grammar = g.grammar_for_format(turn.format)
-            if grammar is None:
-                return None
-        else:
-            from herd.parsing.toolcalls import ToolFormat, detect_tool_format
+            if thinking:
+                return g.grammar_for_format_after_thinking(turn.format, THINK_OPEN, THINK_CLOSE, prefilled=prefilled)
+            return g.grammar_for_format(turn.format)
+        from herd.parsing.toolcalls import ToolFormat, detect_tool_format
 
-            specs = [g.ToolSpec(t.name, t.description, t.parameters) for t in turn.tools]
-            if turn.force_tool is not None:
-                grammar = g.grammar_for_forced_tool_call(specs, turn.force_tool or None)
-            else:
-                fmt, _ = detect_tool_format(model.template[1])
-                if fmt != ToolFormat.HERMES:
-                    return None  # only the <tool_call> family is constrained; others are parsed as Ollama does
-                grammar = g.grammar_for_tool_calls(specs)
-        if thinking:
-            grammar = g.with_thinking_prefix(grammar, THINK_OPEN, THINK_CLOSE)
-        try:
-            g.check_grammar(grammar)
-        except InvalidRequest:
-            raise
+        specs = [g.ToolSpec(t.name, t.description, t.parameters) for t in turn.tools]
+        if turn.force_tool is not None:
+            grammar = g.grammar_for_forced_tool_call(specs, turn.force_tool or None)
+        else:
+            fmt, _ = detect_tool_format(model.template[1])
+            if fmt != ToolFormat.HERMES:
+                return None  # only the <tool_call> family is constrained; others are parsed as Ollama does
+            # Free text before the tag (thinking included) stays unconstrained; the call itself is not.
+            grammar = g.grammar_for_tool_calls(specs)
+        g.check_grammar(grammar, what="tool definitions")
         return grammar

@@ -54,3 +54,19 @@ RUNNER_STOPPED = (
     "model runner has unexpectedly stopped, this may be due to resource limitations or an internal error, "
     "check ollama server logs for details"
 )
+
+
+class BlobNotFound(HerdError):
+    """`HEAD /api/blobs/<digest>` for a blob the store lacks (404 `blob "sha256:..." not found`)."""
+
+
+class DigestMismatch(InvalidRequest):
+    """Uploaded bytes do not hash to the digest in the URL (400, spec 5.9)."""
+
+
+class RegistryError(HerdError):
+    """A pull or push failed at the remote registry or in transfer. Ollama answers 500 when stream is false."""
+
+
+class StorageFailed(HerdError):
+    """The model store could not be written (disk full, permissions): a server-side failure (500)."""

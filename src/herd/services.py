@@ -8,9 +8,12 @@ from herd.chat import ChatService
 from herd.config import Settings
 from herd.engine.runner import ProcessRunner
 from herd.model_views import ModelViews
+from herd.registry.create import ModelCreator
 from herd.registry.default_model import register_default_model
+from herd.registry.manage import ModelManager
 from herd.registry.models import ModelCatalog
 from herd.registry.store import Store
+from herd.registry.transfer import Transfers
 from herd.scheduler.scheduler import Scheduler
 
 
@@ -22,6 +25,9 @@ class Services:
     scheduler: Scheduler
     chat: ChatService
     models: ModelViews
+    manager: ModelManager  # blobs, copy, delete
+    creator: ModelCreator  # /api/create
+    transfers: Transfers  # /api/pull, /api/push
 
 
 def build_services(settings: Settings, runner_factory: object = None) -> Services:
@@ -43,4 +49,7 @@ def build_services(settings: Settings, runner_factory: object = None) -> Service
         scheduler=scheduler,
         chat=ChatService(catalog, scheduler, settings),
         models=ModelViews(catalog, scheduler),
+        manager=ModelManager(store),
+        creator=ModelCreator(store),
+        transfers=Transfers(store),
     )

@@ -5,16 +5,19 @@ from __future__ import annotations
 from fastapi.responses import JSONResponse
 
 from herd.errors import (
+    BlobNotFound,
     CapabilityMissing,
     HerdError,
     InvalidFormat,
     InvalidRequest,
     ModelNotFound,
     PromptTooLong,
+    RegistryError,
     RequestCancelled,
     RunnerFailed,
     ServerBusy,
     ShuttingDown,
+    StorageFailed,
 )
 
 _STATUS: tuple[tuple[type[HerdError], int], ...] = (
@@ -27,6 +30,9 @@ _STATUS: tuple[tuple[type[HerdError], int], ...] = (
     (ShuttingDown, 503),
     (RequestCancelled, 499),
     (RunnerFailed, 500),
+    (BlobNotFound, 404),
+    (RegistryError, 500),  # Ollama's pull/push answer 500 when stream is false
+    (StorageFailed, 500),
 )
 
 
@@ -59,6 +65,12 @@ def openai_error_body(status: int, message: str) -> dict[str, object]:
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
-def openai_error(exc: HerdError) -> OllamaJSON:
+class OpenAIJSON(OllamaJSON):
+    """The same compact JSON; Ollama's /v1 routes send a plain `application/json` content type."""
+
+    media_type = "application/json"
+
+
+def openai_error(exc: HerdError) -> OpenAIJSON:
     status = status_of(exc)
-    return OllamaJSON(openai_error_body(status, exc.message), status_code=status)
+    return OpenAIJSON(openai_error_body(status, exc.message), status_code=status)

@@ -1,7 +1,117 @@
-"""Routes filled in by the issue that owns them."""
+"""/v1/* routes (spec 9): parse, call the native services through `openai_compat`, encode as OpenAI does.
+
+Errors use OpenAI's shape (`api.errors.openai_error`) with the native route's status codes. Streams are SSE
+`data: {...}` events ending with `data: [DONE]`; an error after the stream began is one error event, then the
+stream ends without `[DONE]`.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from herd import openai_compat as compat
+from herd.api.body import read_json
+from herd.api.errors import OpenAIJSON, openai_error, openai_error_body, status_of
+from herd.api.streaming import dumps, stream_response, until_disconnect
+from herd.chat import ChatChunk
+from herd.embed import EmbedService
+from herd.errors import HerdError
+from herd.generate import GenerateService
+from herd.schemas import openai as wire
+from herd.schemas.ollama import decode
+from herd.services import Services
 
 router = APIRouter()
+SSE = "text/event-stream"
+DONE = "data: [DONE]\n\n"
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+def _openapi(model: type[Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema(
+        by_alias=True)}}}}
+
+
+def _sse(events: Callable[[ChatChunk], list[dict[str, object]]]) -> Callable[[ChatChunk], str | None]:
+    def encode(chunk: ChatChunk) -> str | None:
+        return "".join(f"data: {dumps(doc)}\n\n" for doc in events(chunk)) or None
+
+    return encode
+
+
+def _sse_error(exc: Exception) -> str:
+    if isinstance(exc, HerdError):
+        body = openai_error_body(status_of(exc), exc.message)
+    else:
+        body = openai_error_body(500, f"internal error: {exc}")
+    return f"data: {dumps(body)}\n\n"
+
+
+@router.post("/v1/chat/completions", openapi_extra=_openapi(wire.ChatCompletionRequest))
+async def chat_completions(request: Request) -> Response:
+    svc = services(request)
+    try:
+        body = await read_json(request, svc.settings.max_body_bytes)
+        req = decode(wire.ChatCompletionRequest, body, "ChatCompletionRequest")
+        turn = compat.chat_turn(req)
+        chunks = svc.chat.chat(turn)
+        images = sum(len(m.images) for m in turn.messages)
+        if not req.stream:  # OpenAI's default is not to stream
+            doc = await until_disconnect(request, compat.chat_completion(turn.model, chunks, bool(turn.tools),
+                                                                         images))
+            return OpenAIJSON(doc)
+    except HerdError as exc:
+        return openai_error(exc)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    stream = compat.ChatStream(turn.model, include_usage, images)
+    return await stream_response(chunks, _sse(stream.events), _sse_error, SSE, trailer=DONE,
+                                 on_error_before=openai_error)
+
+
+@router.post("/v1/completions", openapi_extra=_openapi(wire.CompletionRequest))
+async def completions(request: Request) -> Response:
+    svc = services(request)
+    try:
+        body = await read_json(request, svc.settings.max_body_bytes)
+        req = decode(wire.CompletionRequest, body, "CompletionRequest")
+        gen = compat.completion_request(req)
+        chunks = GenerateService(svc.chat).generate(gen)
+        if not req.stream:
+            return OpenAIJSON(await until_disconnect(request, compat.completion(gen.model, chunks)))
+    except HerdError as exc:
+        return openai_error(exc)
+    stream = compat.CompletionStream(gen.model, bool(req.stream_options and req.stream_options.include_usage))
+    return await stream_response(chunks, _sse(stream.events), _sse_error, SSE, trailer=DONE,
+                                 on_error_before=openai_error)
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    return OpenAIJSON(compat.list_models(services(request).catalog))
+
+
+@router.get("/v1/models/{model:path}")
+async def get_model(request: Request, model: str) -> Response:
+    try:
+        return OpenAIJSON(compat.get_model(services(request).catalog, model))
+    except HerdError as exc:
+        return openai_error(exc)
+
+
+@router.post("/v1/embeddings", openapi_extra=_openapi(wire.EmbeddingRequest))
+async def embeddings(request: Request) -> Response:
+    svc = services(request)
+    try:
+        body = await read_json(request, svc.settings.max_body_bytes)
+        req, encoding = compat.embed_request(decode(wire.EmbeddingRequest, body, "EmbedRequest"))
+        result = await until_disconnect(request, EmbedService(svc.chat).embed(req))
+        return OpenAIJSON(compat.embedding_list(req.model, result, encoding))
+    except HerdError as exc:
+        return openai_error(exc)

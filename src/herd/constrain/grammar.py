@@ -313,3 +313,31 @@ def one_line(message: str) -> str:
     """llguidance errors can span lines (regex carets, grammar excerpts); an error body wants one line."""
     text = " ".join(line.strip() for line in message.splitlines() if line.strip())
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------------- thinking
+
+
+def grammar_for_format_after_thinking(
+    fmt: object, open_tag: str = "<think>", close_tag: str = "</think>", *, prefilled: bool = False
+) -> str | None:
+    """`format` for a thinking model: the reasoning is free, only the answer after `close_tag` is constrained
+    (spec 2.10). With `prefilled`, the template already opened the thinking block, so the output starts inside
+    it; otherwise the model may open a block or answer directly.
+    """
+    if grammar_for_format(fmt) is None:  # validates fmt and the schema with the usual errors
+        return None
+    schema = JSON_MODE_SCHEMA if fmt == "json" else fmt
+    answer = {**schema, "x-guidance": JSON_OPTIONS}  # type: ignore[dict-item]
+    lines = ["%llguidance {}"]
+    if prefilled:
+        lines += ["start: think SEP answer", f"think[lazy]: TEXT {_lit(close_tag)}", f"TEXT: /{_TEXT_RE}/"]
+    else:
+        opener = r"[ \t\n]*" + _regex_escape(open_tag) + _TEXT_RE
+        lines += ["start: answer | think SEP answer", f"think[lazy]: OPENED {_lit(close_tag)}", f"OPENED: /{opener}/"]
+    lines += [f"SEP: /{_SEP_RE}/", f"answer: %json {json.dumps(answer, ensure_ascii=False)}"]
+    return LLMatcher.grammar_from_lark("\n".join(lines) + "\n")
+
+
+def _regex_escape(text: str) -> str:
+    return "".join("\\" + ch if ch in r".^$*+?{}[]\|()/" else ch for ch in text)

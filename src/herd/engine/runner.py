@@ -93,6 +93,11 @@ class ProcessRunner:
         self.memory_bytes = ready.memory_bytes
         # The event loop reads the pipe itself: no reader thread, so no thread hand-off or GIL ping-pong per token.
         self._loop.add_reader(parent.fileno(), self._on_readable)
+        # uvloop (uvicorn's loop) switches the fd to non-blocking in add_reader. Connection.recv must then read a
+        # message larger than the pipe buffer (64 KiB: an embedding batch) in one go, or it fails half-way with
+        # BlockingIOError, which would look like a dead runner. Readiness comes from the loop either way; a
+        # blocking recv only waits for the rest of a message the worker is already writing.
+        os.set_blocking(parent.fileno(), True)
 
     def _recv_ready(self) -> Ready:
         assert self._conn is not None

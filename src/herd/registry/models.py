@@ -107,7 +107,15 @@ class ResolvedModel:
 
     @cached_property
     def license(self) -> str | None:
-        return self._text_layer("license")
+        """Every LICENSE layer (a Modelfile may have several), joined by a newline as Ollama's /api/show does."""
+        texts = []
+        for layer in self.stored.manifest.layers:
+            if layer.kind == "license":
+                try:
+                    texts.append(self.store.read_blob(layer.digest).decode("utf-8"))
+                except OSError:
+                    continue
+        return "\n".join(texts) if texts else None
 
     @cached_property
     def parameters(self) -> dict[str, object]:

@@ -6,13 +6,15 @@ file or the new one. Manifests are written last, so a model is only listed once 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -111,6 +113,7 @@ class Store:
         self.blobs = self.root / "blobs"
         self._lock = threading.RLock()
         self._aliases: dict[str, ModelName] = {}
+        self._pinned: Counter[str] = Counter()  # blob file names that prune must keep (see pinned())
         self.manifests.mkdir(parents=True, exist_ok=True)
         self.blobs.mkdir(parents=True, exist_ok=True)
 
@@ -232,6 +235,20 @@ class Store:
             folder.rmdir()
             folder = folder.parent
 
+    @contextlib.contextmanager
+    def pinned(self, digests: Iterable[str]) -> Iterator[None]:
+        """Keep these blobs through any prune while a pull or create is writing the model that will name them:
+        until its manifest exists, nothing references them, and a concurrent delete would otherwise take them."""
+        names = [blob_filename(d) for d in digests]
+        with self._lock:
+            self._pinned.update(names)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pinned.subtract(names)
+                self._pinned += Counter()  # drop the zero counts
+
     def prune_blobs(self) -> None:
         """Remove blobs no manifest names: shared blobs survive deleting one of their models."""
         with self._lock:
@@ -240,7 +257,10 @@ class Store:
                 for layer in (model.manifest.config, *model.manifest.layers):
                     used.add(blob_filename(layer.digest))
             for blob in self.blobs.iterdir():
-                if blob.name.startswith("sha256-") and blob.name not in used:
+                if blob.name in used or self._pinned[blob.name] > 0:
+                    continue
+                # `sha256-<hex>-partial` is an interrupted pull kept for resuming (registry/transfer.py), not a blob.
+                if blob.name.startswith("sha256-") and not blob.name.endswith("-partial"):
                     blob.unlink(missing_ok=True)
 
     def copy(self, source: str, destination: ModelName) -> None:

@@ -242,3 +242,120 @@ def to_chat_turn(req: ChatRequest) -> Any:
         shift=req.shift is not False,
         debug_render_only=bool(req.debug_render_only),
     )
+
+
+# ---- /api/generate, /api/embed, /api/embeddings ----------------------------------------------------------
+
+
+class GenerateRequest(BaseModel):
+    model_config = _STRICT
+    model: str | None = None
+    prompt: str | None = None
+    suffix: str | None = None
+    system: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+    raw: bool | None = None
+    images: list[str] | None = None
+    format: Any = None
+    options: dict[str, Any] | None = None
+    stream: bool | None = None
+    think: Any = None
+    keep_alive: Any = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    truncate: bool | None = None
+    shift: bool | None = None
+    debug_render_only: bool | None = Field(default=None, alias="_debug_render_only")
+
+
+class EmbedRequest(BaseModel):
+    model_config = _STRICT
+    model: str | None = None
+    input: Any = None  # a string or a list of strings; checked by hand for Ollama's "invalid input type"
+    truncate: bool | None = None
+    dimensions: int | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: Any = None
+
+
+class EmbeddingsRequest(BaseModel):
+    model_config = _STRICT
+    model: str | None = None
+    prompt: str | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: Any = None
+
+
+def to_generate_request(req: GenerateRequest) -> Any:
+    """Ollama's GenerateHandler order: body, then top_logprobs, then the model name (a bad one is a 404)."""
+    from herd.generate import GenerateRequest as Domain
+
+    think = parse_think(req.think)
+    keep_alive = parse_keep_alive_field(req.keep_alive)
+    top = req.top_logprobs or 0
+    if not 0 <= top <= 20:
+        raise InvalidRequest("top_logprobs must be between 0 and 20")
+    return Domain(
+        model=(req.model or "").strip(),
+        prompt=req.prompt or "",
+        suffix=req.suffix or "",
+        system=req.system or "",
+        template=req.template or "",
+        context=tuple(req.context) if req.context is not None else None,
+        raw=bool(req.raw),
+        images=tuple(decode_image(i) for i in req.images or ()),
+        format=req.format if req.format not in ("", None) else None,
+        options=dict(req.options or {}),
+        think=think,
+        keep_alive=keep_alive,
+        logprobs=bool(req.logprobs),
+        top_logprobs=top,
+        truncate=req.truncate is not False,
+        shift=req.shift is not False,
+        debug_render_only=bool(req.debug_render_only),
+    )
+
+
+def embed_inputs(value: object) -> tuple[str, ...]:
+    """`input`: a string or a list of strings; "" and [] mean "just load the model" (spec 5.6)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,) if value else ()
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise InvalidRequest("invalid input type")
+
+
+def to_embed_request(req: EmbedRequest) -> Any:
+    from herd.embed import EmbedRequest as Domain
+
+    inputs = embed_inputs(req.input)
+    keep_alive = parse_keep_alive_field(req.keep_alive)
+    return Domain(
+        model=(req.model or "").strip(),
+        inputs=inputs,
+        truncate=req.truncate is not False,
+        dimensions=max(req.dimensions or 0, 0),
+        options=dict(req.options or {}),
+        keep_alive=keep_alive,
+    )
+
+
+def to_embeddings_request(req: EmbeddingsRequest) -> Any:
+    """The legacy endpoint: one prompt, a raw (not normalised) vector; a blank model is a 400 here."""
+    from herd.embed import EmbedRequest as Domain
+    from herd.registry.names import is_valid_name
+
+    keep_alive = parse_keep_alive_field(req.keep_alive)
+    model = (req.model or "").strip()
+    if not is_valid_name(model):
+        raise InvalidRequest("model is required")  # Ollama's EmbeddingsHandler says this for any bad name
+    return Domain(
+        model=model,
+        inputs=(req.prompt,) if req.prompt else (),
+        options=dict(req.options or {}),
+        keep_alive=keep_alive,
+        normalize=False,
+    )

@@ -1,0 +1,486 @@
+"""The OpenAI-compatible layer (spec 9), translated onto the native services.
+
+Requests become a `ChatTurn` (chat.completions), a `GenerateRequest` (completions) or an `EmbedRequest`
+(embeddings), mapped the way Ollama's `openai/openai.go` maps them; the native chunk stream is then turned into
+OpenAI's objects. Streaming and non-streaming read the same `ChatChunk`s, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import random
+import struct
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+from herd.chat import ChatChunk
+from herd.embed import EmbedRequest, EmbedResult
+from herd.engine.protocol import TokenLogprob
+from herd.errors import InvalidRequest, ModelNotFound
+from herd.generate import GenerateRequest
+from herd.parsing.base import ToolCall
+from herd.registry.models import ModelCatalog
+from herd.registry.names import ModelName
+from herd.schemas import ollama as native
+from herd.schemas import openai as wire
+from herd.types import ChatTurn, Message, Think, ToolCallIn
+
+# reasoning_effort / reasoning.effort -> native think (spec 9.1)
+_EFFORT: dict[str, Think] = {
+    "none": Think(False),
+    "minimal": Think(True, "low"),
+    "low": Think(True, "low"),
+    "medium": Think(True, "medium"),
+    "high": Think(True, "high"),
+    "max": Think(True, "max"),
+    "xhigh": Think(True, "max"),
+    "ultra": Think(True, "max"),
+}
+_EFFORT_ERROR = ('invalid reasoning value: "{}" (must be "minimal", "low", "medium", "high", "xhigh", "ultra", '
+                 '"max", or "none")')
+_IMAGE_PREFIXES = tuple(f"data:image/{t};base64," for t in ("jpeg", "jpg", "png", "webp"))
+
+
+def _go_type(value: object) -> str:
+    """Go's %T of a decoded JSON value, for error texts that match Ollama's."""
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "float64"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "[]interface {}"
+    return "map[string]interface {}"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{random.randrange(999)}"  # Ollama's ids: a random number below 999
+
+
+# ---- chat.completions: request ------------------------------------------------------------------------------
+
+
+def _image(url: str) -> bytes:
+    if url.startswith(("http://", "https://")):
+        raise InvalidRequest("image URLs are not currently supported, please use base64 encoded data instead")
+    if url.startswith("data:;base64,"):  # a blank MIME type, like the native API's bare base64
+        data = url[len("data:;base64,"):]
+    else:
+        prefix = next((p for p in _IMAGE_PREFIXES if url.startswith(p)), None)
+        if prefix is None:
+            raise InvalidRequest("invalid image input")
+        data = url[len(prefix):]
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("invalid image input") from None
+
+
+def _tool_calls(calls: list[wire.ToolCallIn] | None) -> tuple[ToolCallIn, ...]:
+    out = []
+    for i, call in enumerate(calls or ()):
+        try:
+            args = json.loads(call.function.arguments) if call.function.arguments else {}
+        except ValueError:
+            raise InvalidRequest("invalid tool call arguments") from None
+        if not isinstance(args, dict):
+            raise InvalidRequest("invalid tool call arguments")
+        out.append(ToolCallIn(call.function.name, args, call.index if call.index is not None else i, call.id or ""))
+    return tuple(out)
+
+
+def _tool_name_for(messages: list[wire.ChatMessage], call_id: str) -> str:
+    """A tool result names its call by id only: find the function name in the assistant's earlier calls."""
+    for m in reversed(messages):
+        for call in m.tool_calls or ():
+            if call.id == call_id:
+                return call.function.name
+    return ""
+
+
+def _messages(messages: list[wire.ChatMessage]) -> tuple[Message, ...]:
+    out: list[Message] = []
+    for m in messages:
+        role = m.role.lower()
+        tool_name = ""
+        if role == "tool":
+            tool_name = m.name or (_tool_name_for(messages, m.tool_call_id) if m.tool_call_id else "")
+        calls = _tool_calls(m.tool_calls)
+        full = Message(role=role, thinking=m.reasoning or "", tool_calls=calls, tool_name=tool_name,
+                       tool_call_id=m.tool_call_id or "")
+
+        if isinstance(m.content, str):
+            out.append(replace(full, content=m.content))
+        elif isinstance(m.content, list):
+            # Each content part becomes its own message with the same role (Ollama); the message's tool
+            # calls and reasoning go on the last of them.
+            parts = [_content_part(role, part) for part in m.content]
+            if parts and (calls or m.reasoning or tool_name or m.tool_call_id):
+                parts[-1] = replace(full, content=parts[-1].content, images=parts[-1].images)
+            out.extend(parts)
+        elif m.content is None and m.tool_calls is not None:
+            out.append(full)
+        else:
+            # Content may be left out only when the message carries tool calls.
+            raise InvalidRequest(f"invalid message content type: {_go_type(m.content)}")
+    return tuple(out)
+
+
+def _content_part(role: str, part: object) -> Message:
+    if not isinstance(part, dict):
+        raise InvalidRequest("invalid message format")
+    kind = part.get("type")
+    if kind == "text":
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise InvalidRequest("invalid message format")
+        return Message(role=role, content=text)
+    if kind == "image_url":
+        spec = part.get("image_url")
+        url = spec.get("url") if isinstance(spec, dict) else spec
+        if not isinstance(url, str):
+            raise InvalidRequest("invalid message format")
+        return Message(role=role, images=(_image(url),))
+    if kind == "input_audio":
+        audio = part.get("input_audio")
+        data = audio.get("data") if isinstance(audio, dict) else None
+        if not isinstance(data, str):
+            raise InvalidRequest("invalid message format")
+        try:
+            # Audio goes where images go (Ollama passes both to the model's encoder).
+            return Message(role=role, images=(base64.b64decode(data, validate=True),))
+        except (binascii.Error, ValueError):
+            raise InvalidRequest("invalid audio input") from None
+    raise InvalidRequest("invalid message format")
+
+
+def _stop(value: object, strict: bool) -> list[str] | None:
+    """`stop`: a string or a list. Chat drops non-strings silently; completions refuse them (Ollama)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        out = []
+        for s in value:
+            if isinstance(s, str):
+                out.append(s)
+            elif strict:
+                raise InvalidRequest(f"invalid type for 'stop' field: {_go_type(s)}")
+        return out
+    return None
+
+
+def _think(req: wire.ChatCompletionRequest) -> Think | None:
+    effort = req.reasoning.effort if req.reasoning is not None else req.reasoning_effort
+    if not effort:
+        return None  # the model's default
+    think = _EFFORT.get(effort)
+    if think is None:
+        raise InvalidRequest(_EFFORT_ERROR.format(effort))
+    return think
+
+
+def _format(rf: wire.ResponseFormat | None) -> object:
+    if rf is None:
+        return None
+    kind = rf.type.strip().lower()
+    if kind == "json_object":
+        return "json"
+    if kind == "json_schema" and rf.json_schema is not None:
+        return rf.json_schema.schema_  # name and strict are not used: the schema is always enforced
+    return None  # "text" and unknown types: unconstrained
+
+
+def _tool_choice(choice: object, tool_names: list[str]) -> tuple[bool, str | None]:
+    """(keep tools, force_tool). OpenAI's tool_choice, which Ollama ignores, maps onto the constraint:
+    "required" forces some call, a named function forces that one, "none" hides the tools from the model."""
+    if choice is None or choice == "auto":
+        return True, None
+    if choice == "none":
+        return False, None
+    if choice == "required":
+        forced = ""
+    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict) \
+            and isinstance(choice["function"].get("name"), str):
+        forced = choice["function"]["name"]
+        if tool_names and forced not in tool_names:
+            raise InvalidRequest(f"Invalid value for 'tool_choice': no function named '{forced}' in 'tools'.")
+    else:
+        raise InvalidRequest("Invalid value for 'tool_choice': expected 'none', 'auto', 'required' or a named "
+                             "function.")
+    if not tool_names:
+        raise InvalidRequest("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are "
+                             "specified.")
+    return True, forced
+
+
+def chat_turn(req: wire.ChatCompletionRequest) -> ChatTurn:
+    """Spec 9.1, in Ollama's order: messages present, then message content, then the native checks."""
+    if not req.messages:
+        raise InvalidRequest("[] is too short - 'messages'")
+    messages = _messages(req.messages)
+    options: dict[str, object] = {}
+    stop = _stop(req.stop, strict=False)
+    if stop is not None:
+        options["stop"] = stop
+    if req.max_tokens is not None:
+        options["num_predict"] = req.max_tokens  # max_completion_tokens is not read, as in Ollama
+    options["temperature"] = req.temperature if req.temperature is not None else 1.0  # OpenAI's default
+    if req.seed is not None:
+        options["seed"] = req.seed
+    if req.frequency_penalty is not None:
+        options["frequency_penalty"] = req.frequency_penalty
+    if req.presence_penalty is not None:
+        options["presence_penalty"] = req.presence_penalty
+    options["top_p"] = req.top_p if req.top_p is not None else 1.0
+    think = _think(req)
+    tools = native.tool_defs(req.tools)
+    keep_tools, force_tool = _tool_choice(req.tool_choice, [t.name for t in tools])
+    top = req.top_logprobs or 0
+    if not 0 <= top <= 20:
+        raise InvalidRequest("top_logprobs must be between 0 and 20")
+    model = _model_name(req.model)
+    return ChatTurn(
+        model=model,
+        messages=messages,
+        tools=tools if keep_tools else (),
+        format=_format(req.response_format),
+        options=options,
+        think=think,
+        logprobs=bool(req.logprobs),
+        top_logprobs=top,
+        debug_render_only=bool(req.debug_render_only),
+        force_tool=force_tool,
+    )
+
+
+def _model_name(raw: str | None) -> str:
+    model = (raw or "").strip()
+    if not model:
+        raise InvalidRequest("model is required")
+    ModelName.parse(model)  # raises "invalid model name"
+    return model
+
+
+# ---- chat.completions: response -----------------------------------------------------------------------------
+
+
+def _finish_reason(reason: str, saw_tool_calls: bool) -> str | None:
+    if saw_tool_calls and reason == "stop":
+        return "tool_calls"
+    return reason or None
+
+
+def _debug_info(chunk: ChatChunk, image_count: int) -> dict[str, object]:
+    return {"rendered_template": chunk.debug_prompt, "image_count": image_count}
+
+
+async def chat_completion(model: str, chunks: AsyncIterator[ChatChunk], with_tools: bool, image_count: int = 0
+                          ) -> dict[str, object]:
+    """stream:false: the whole stream drained into one chat.completion."""
+    content: list[str] = []
+    reasoning: list[str] = []
+    calls: list[ToolCall] = []
+    logprobs: list[TokenLogprob] = []
+    last: ChatChunk | None = None
+    async for chunk in chunks:
+        if chunk.debug_prompt is not None:
+            return wire.chat_completion_json(new_id("chatcmpl"), int(time.time()), model,
+                                             wire.message_json("", "", ()), None, wire.usage_json(0, 0),
+                                             debug_info=_debug_info(chunk, image_count))
+        content.append(chunk.content)
+        reasoning.append(chunk.thinking)
+        calls.extend(chunk.tool_calls)
+        logprobs.extend(chunk.logprobs)
+        last = chunk
+    assert last is not None
+    metrics = last.metrics
+    usage = wire.usage_json(metrics.prompt_eval_count if metrics else 0, metrics.eval_count if metrics else 0)
+    tool_calls = tuple(calls) if with_tools else ()
+    return wire.chat_completion_json(
+        new_id("chatcmpl"), int(time.time()), model, wire.message_json("".join(content), "".join(reasoning),
+                                                                       tool_calls),
+        _finish_reason(last.done_reason, bool(tool_calls)), usage, tuple(logprobs),
+    )
+
+
+class ChatStream:
+    """Native chunks -> chat.completion.chunk objects (spec 9.1): role only on the first delta, reasoning and
+    content/tool calls in separate chunks, complete tool calls, then a finish chunk and an optional usage chunk.
+    Every chunk of a stream shares the first chunk's id and `created`."""
+
+    def __init__(self, model: str, include_usage: bool, image_count: int = 0) -> None:
+        self.model = model
+        self.include_usage = include_usage
+        self.image_count = image_count
+        self.id = new_id("chatcmpl")
+        self.created = int(time.time())
+        self.role_sent = False
+        self.saw_tool_calls = False
+
+    def _delta(self, content: str, reasoning: str = "", calls: tuple[ToolCall, ...] = ()) -> dict[str, object]:
+        delta: dict[str, object] = {}
+        if not self.role_sent:
+            delta["role"] = "assistant"
+            self.role_sent = True
+        delta["content"] = content
+        if reasoning:
+            delta["reasoning"] = reasoning
+        if calls:
+            delta["tool_calls"] = [wire.tool_call_json(c) for c in calls]
+        return delta
+
+    def events(self, chunk: ChatChunk) -> list[dict[str, object]]:
+        if chunk.debug_prompt is not None:
+            return [wire.chat_completion_json(self.id, self.created, self.model, wire.message_json("", "", ()),
+                                              None, wire.usage_json(0, 0),
+                                              debug_info=_debug_info(chunk, self.image_count))]
+        out = []
+        if chunk.thinking:
+            out.append(wire.chat_chunk_json(self.id, self.created, self.model, self._delta("", chunk.thinking),
+                                            None))
+        if chunk.content or chunk.tool_calls or chunk.logprobs:
+            self.saw_tool_calls |= bool(chunk.tool_calls)
+            out.append(wire.chat_chunk_json(self.id, self.created, self.model,
+                                            self._delta(chunk.content, calls=chunk.tool_calls), None,
+                                            chunk.logprobs))
+        if chunk.done:
+            out.append(wire.chat_chunk_json(self.id, self.created, self.model, {},
+                                            _finish_reason(chunk.done_reason, self.saw_tool_calls)))
+            if self.include_usage:
+                m = chunk.metrics
+                usage = wire.usage_json(m.prompt_eval_count if m else 0, m.eval_count if m else 0)
+                out.append(wire.usage_chunk_json(self.id, self.created, self.model, "chat.completion.chunk",
+                                                 usage))
+        return out
+
+
+# ---- completions ---------------------------------------------------------------------------------------------
+
+
+def completion_request(req: wire.CompletionRequest) -> GenerateRequest:
+    """Spec 9.2. Penalties are always sent (default 0) and a top_p of 0 means 1.0, as in Ollama."""
+    options: dict[str, object] = {}
+    stop = _stop(req.stop, strict=True)
+    if stop is not None:
+        options["stop"] = stop
+    if req.max_tokens is not None:
+        options["num_predict"] = req.max_tokens
+    options["temperature"] = req.temperature if req.temperature is not None else 1.0
+    if req.seed is not None:
+        options["seed"] = req.seed
+    options["frequency_penalty"] = req.frequency_penalty or 0.0
+    options["presence_penalty"] = req.presence_penalty or 0.0
+    options["top_p"] = req.top_p if req.top_p else 1.0
+    n = req.logprobs if req.logprobs is not None and req.logprobs > 0 else 0
+    if n > 20:
+        raise InvalidRequest("top_logprobs must be between 0 and 20")  # the native check it becomes
+    return GenerateRequest(
+        model=(req.model or "").strip(),
+        prompt=req.prompt or "",
+        suffix=req.suffix or "",
+        options=options,
+        logprobs=n > 0,
+        top_logprobs=n,
+        debug_render_only=bool(req.debug_render_only),
+    )
+
+
+def _usage_of(chunk: ChatChunk) -> dict[str, int]:
+    m = chunk.metrics
+    return wire.usage_json(m.prompt_eval_count if m else 0, m.eval_count if m else 0)
+
+
+async def completion(model: str, chunks: AsyncIterator[ChatChunk]) -> dict[str, object]:
+    text: list[str] = []
+    logprobs: list[TokenLogprob] = []
+    last: ChatChunk | None = None
+    async for chunk in chunks:
+        if chunk.debug_prompt is not None:
+            doc = wire.completion_json(new_id("cmpl"), int(time.time()), model, "", None, wire.usage_json(0, 0))
+            doc["_debug_info"] = _debug_info(chunk, 0)
+            return doc
+        text.append(chunk.content)
+        logprobs.extend(chunk.logprobs)
+        last = chunk
+    assert last is not None
+    return wire.completion_json(new_id("cmpl"), int(time.time()), model, "".join(text),
+                                last.done_reason or None, _usage_of(last), tuple(logprobs))
+
+
+class CompletionStream:
+    """Each native chunk is one text_completion object; the last one carries finish_reason. With
+    include_usage every chunk carries zeroed usage and a usage-only chunk follows the last (Ollama)."""
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.model = model
+        self.include_usage = include_usage
+        self.id = new_id("cmpl")
+        self.created = int(time.time())
+
+    def events(self, chunk: ChatChunk) -> list[dict[str, object]]:
+        if chunk.debug_prompt is not None:
+            doc = wire.completion_json(self.id, self.created, self.model, "", None, None)
+            doc["_debug_info"] = _debug_info(chunk, 0)
+            return [doc]
+        zero = wire.usage_json(0, 0) if self.include_usage else None
+        out = [wire.completion_json(self.id, self.created, self.model, chunk.content,
+                                    (chunk.done_reason or None) if chunk.done else None, zero, chunk.logprobs)]
+        if chunk.done and self.include_usage:
+            out.append(wire.usage_chunk_json(self.id, self.created, self.model, "text_completion",
+                                             _usage_of(chunk)))
+        return out
+
+
+# ---- embeddings -------------------------------------------------------------------------------------------------
+
+
+def embed_request(req: wire.EmbeddingRequest) -> tuple[EmbedRequest, str]:
+    """Spec 9.4: (the native request, the encoding: "float" or "base64")."""
+    encoding = (req.encoding_format or "float").lower()
+    if encoding not in ("float", "base64"):
+        raise InvalidRequest(f"Invalid value for 'encoding_format' = {req.encoding_format}. Supported values: "
+                             "['float', 'base64'].")
+    value: Any = req.input
+    if value == "":
+        value = [""]  # an empty string is one empty input here, not "just load"
+    if value is None or value == []:
+        raise InvalidRequest("invalid input")
+    inputs = native.embed_inputs(value)
+    return EmbedRequest(model=(req.model or "").strip(), inputs=inputs, dimensions=max(req.dimensions or 0, 0)), \
+        encoding
+
+
+def embedding_list(model: str, result: EmbedResult, encoding: str) -> dict[str, object]:
+    data: list[object]
+    if encoding == "base64":
+        # Little-endian float32, as OpenAI sends it (the official client asks for this by default).
+        data = [base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode("ascii") for v in result.vectors]
+    else:
+        data = [list(v) for v in result.vectors]
+    return wire.embedding_list_json(model, data, result.prompt_tokens)
+
+
+# ---- models -----------------------------------------------------------------------------------------------------
+
+
+def list_models(catalog: ModelCatalog) -> dict[str, object]:
+    data = [wire.model_json(m.name, int(m.stored.modified_at.timestamp()), m.stored.name.namespace)
+            for m in catalog.list()]
+    return {"object": "list", "data": data}  # Ollama sends null for no models; [] is what clients expect
+
+
+def get_model(catalog: ModelCatalog, name: str) -> dict[str, object]:
+    """GET /v1/models/{model}: the id is the name as asked for; a missing model has /api/show's wording."""
+    parsed = ModelName.parse(name)
+    try:
+        model = catalog.resolve(name)
+    except ModelNotFound:
+        raise ModelNotFound(f"model '{parsed.display}' not found") from None
+    return wire.model_json(name, int(model.stored.modified_at.timestamp()), parsed.namespace)
