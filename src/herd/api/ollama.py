@@ -123,7 +123,15 @@ async def chat(request: Request) -> Response:
     except HerdError as exc:
         return ollama_error(exc)
 
+    head = '{"model":' + dumps(turn.model) + ',"created_at":"'
+
     def encode(chunk: ChatChunk) -> str | None:
+        if not (chunk.done or chunk.thinking or chunk.tool_calls or chunk.logprobs or chunk.debug_prompt is not None):
+            if not chunk.content:
+                return None  # Ollama suppresses chunks that carry nothing
+            # The common chunk, one per token, written directly: same bytes as chat_chunk_json gives.
+            return (head + wire.now_rfc3339() + '","message":{"role":"assistant","content":' + dumps(chunk.content)
+                    + '},"done":false}\n')
         if chunk.debug_prompt is not None:
             return dumps(debug_json(turn.model, chunk)) + "\n"
         if not (chunk.done or chunk.content or chunk.thinking or chunk.tool_calls or chunk.logprobs):

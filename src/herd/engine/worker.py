@@ -16,6 +16,7 @@ import codecs
 import ctypes
 import os
 import random
+import select
 import sys
 import time
 import traceback
@@ -504,12 +505,16 @@ class Worker:
     # ---- main loop ---------------------------------------------------------------------------------------
     def run(self) -> None:
         conn = self.conn
+        # A poll object registered once: Connection.poll() builds a selector per call, and this loop asks
+        # once per decode step.
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
         while self.running:
             idle = not self.active and not self.waiting
-            if conn.poll(None if idle else 0):
+            if poller.poll(None if idle else 0):
                 try:
                     self.handle(conn.recv())
-                    while conn.poll(0):
+                    while poller.poll(0):
                         self.handle(conn.recv())
                 except EOFError:
                     return  # the server went away: nothing left to serve

@@ -100,11 +100,17 @@ def decode(model_cls: type[BaseModel], data: object, go_struct: str) -> Any:
 # ---- responses ---------------------------------------------------------------------------------------------
 
 
+_second_cache: list[object] = [-1, ""]
+
+
 def now_rfc3339() -> str:
     """UTC with nanoseconds, trailing zeros trimmed, as Go's time.RFC3339Nano prints it."""
     ns = time.time_ns()
     secs, frac = divmod(ns, 1_000_000_000)
-    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    if _second_cache[0] != secs:  # formatting the date part once a second: this runs once per token
+        _second_cache[0] = secs
+        _second_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    base = _second_cache[1]
     frac_text = f"{frac:09d}".rstrip("0")
     return f"{base}.{frac_text}Z" if frac_text else f"{base}Z"
 
