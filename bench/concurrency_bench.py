@@ -11,11 +11,10 @@
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 
 import httpx
-from _common import HerdServer, RawLlama, stream_chat
+from _common import HerdServer, RawLlama, stream_chat, stream_chats
 
 MODEL = "smollm2:135m"
 N_OUT = 128
@@ -29,21 +28,10 @@ def story(i: int) -> dict[str, object]:
 
 
 def herd_streams(url: str, n: int) -> tuple[float, float, int]:
-    results: list[tuple[float, float, int, dict[str, object]]] = [None] * n  # type: ignore[list-item]
-    barrier = threading.Barrier(n)
-
-    def one(i: int) -> None:
-        barrier.wait()
-        results[i] = stream_chat(url, story(i))
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
     t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = stream_chats(url, [story(i) for i in range(n)])
     wall = time.perf_counter() - t0
-    tokens = sum(int(r[3].get("eval_count", 0)) for r in results)  # type: ignore[call-overload]
+    tokens = sum(int(final.get("eval_count", 0)) for _, _, final in results)  # type: ignore[call-overload]
     return tokens / wall, statistics.median(r[0] for r in results), tokens
 
 
