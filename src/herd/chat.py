@@ -197,7 +197,8 @@ class ChatService:
                     prefilled: bool = False) -> str | None:
         """The constraint for this turn, or None. Called before loading (so a bad schema is a 400 before any
         work) and again after rendering, when it is known whether the template pre-opened thinking."""
-        if turn.format is None and not (turn.tools and (turn.constrain_tools or turn.force_tool is not None)):
+        constrain_tools = turn.constrain_tools and self.settings.constrain_tools
+        if turn.format is None and not (turn.tools and (constrain_tools or turn.force_tool is not None)):
             return None
         from herd.constrain import grammar as g
 

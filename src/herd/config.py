@@ -86,6 +86,7 @@ class Settings:
     max_num_predict: int = 1 << 20
     shutdown_grace_s: float = 10.0
     prompt_cache: bool = True
+    constrain_tools: bool = True  # tool calls valid by construction (Ollama only parses them)
 
     @property
     def threads(self) -> int:
@@ -122,4 +123,5 @@ class Settings:
             load_timeout_s=float(_int(300, "HERD_LOAD_TIMEOUT")),
             register_default_model=(_env("HERD_NO_DEFAULT_MODEL") is None),
             prompt_cache=(_env("HERD_PROMPT_CACHE") or "1") not in ("0", "false", "off"),
+            constrain_tools=(_env("HERD_CONSTRAIN_TOOLS") or "1") not in ("0", "false", "off"),
         )
