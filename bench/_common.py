@@ -9,13 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from herd.config import physical_cores  # noqa: E402
-from herd.registry.default_model import default_model_file  # noqa: E402
-from tests.integration.server import HerdServer  # noqa: E402
+from herd.config import physical_cores
+from herd.registry.default_model import default_model_file
+from tests.integration.server import HerdServer
 
 _log_cb = None
 

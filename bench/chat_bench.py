@@ -15,7 +15,8 @@ from _common import HerdServer, RawLlama, stream_chat
 MODEL = "smollm2:135m"
 N_OUT = 128
 # A bare ChatML prompt of about 20 tokens (no default system prompt), that makes the model talk at length.
-MESSAGES = [{"role": "system", "content": ""}, {"role": "user", "content": "Write a long story about a dragon and a knight."}]
+MESSAGES = [{"role": "system", "content": ""},
+            {"role": "user", "content": "Write a long story about a dragon and a knight."}]
 
 
 def main() -> None:

@@ -17,8 +17,11 @@ import httpx
 from _common import HerdServer
 
 NAME = "all-minilm:bench"
-WORDS = ("the quick brown fox jumps over a lazy dog while the river runs to the sea and birds sing in tall trees "
-         "under a bright summer sky").split()
+WORDS = [
+    "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "the", "river", "runs",
+    "to", "the", "sea", "and", "birds", "sing", "in", "tall", "trees", "under", "a", "bright", "summer",
+    "sky",
+]
 SENTENCES = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(8 + i % 12)) for i in range(256)]
 
 

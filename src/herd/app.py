@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from herd import __version__
 from herd.api import ollama, ollama_generate, ollama_models, openai
+from herd.api.guard import Drain, GuardMiddleware, is_loopback_host
 from herd.config import Settings
 from herd.services import Services, build_services
 
@@ -29,6 +30,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     app = FastAPI(title="herd", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.services = svc
+    app.state.drain = Drain()  # serving.py starts it on SIGTERM; the guard then answers new requests 503
+    # Host check (DNS rebinding) only while listening on loopback, as Ollama; CORS for the built-in and extra origins.
+    app.add_middleware(GuardMiddleware, origins=settings.origins, check_host=is_loopback_host(settings.host),
+                       drain=app.state.drain)
     app.include_router(ollama.router)
     app.include_router(ollama_generate.router)
     app.include_router(ollama_models.router)

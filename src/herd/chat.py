@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from herd.config import Settings
 from herd.engine.protocol import DoneEvent, LoadSpec, TokenLogprob
 from herd.engine.tokenizer import get_tokenizer
-from herd.errors import CapabilityMissing, InvalidRequest, ModelNotFound, RunnerFailed
+from herd.errors import CapabilityMissing, ModelNotFound, RunnerFailed
 from herd.options import Limits, load_options, merge, sampling_params
 from herd.parsing.base import Delta, IncrementalParser, PassThrough, ToolCall
 from herd.prompt.builder import THINK_CLOSE, THINK_OPEN, build_prompt
@@ -174,7 +174,9 @@ class ChatService:
                             context=prompt.tokens + first.tokens + (second.tokens if second else ()))
 
     # ---- helpers -----------------------------------------------------------------------------------------
-    def parser_for(self, model: ResolvedModel, turn: ChatTurn, think: Think | None, prefilled: bool) -> IncrementalParser:
+    def parser_for(
+        self, model: ResolvedModel, turn: ChatTurn, think: Think | None, prefilled: bool
+    ) -> IncrementalParser:
         thinking = None
         tools = None
         if think is not None and think.enabled and "thinking" in model.capabilities:

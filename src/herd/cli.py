@@ -55,14 +55,9 @@ def stream_lines(resp: httpx.Response) -> Iterator[dict[str, object]]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from herd.serving import serve
 
-    from herd.app import create_app
-
-    settings = Settings.from_env()
-    app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s))
+    serve(Settings.from_env(), args.log_level)
     return 0
 
 

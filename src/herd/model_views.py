@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from herd.errors import ModelNotFound
 from herd.registry.models import ModelCatalog, ResolvedModel
@@ -70,7 +70,7 @@ class ModelViews:
             raise ModelNotFound(f"model '{parsed.display}' not found") from None
         from herd.registry import modelfile
 
-        kind, template = model.template
+        _, template = model.template
         params = model.parameters
         doc: dict[str, object] = {
             "modelfile": modelfile.render_modelfile(
@@ -96,7 +96,7 @@ class ModelViews:
 
     def ps(self) -> list[dict[str, object]]:
         out = []
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for entry, remaining in self.scheduler.snapshot():
             expires = now + timedelta(days=365 * 200) if remaining == float("inf") else now + timedelta(
                 seconds=remaining)

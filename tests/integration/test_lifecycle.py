@@ -134,7 +134,6 @@ def test_client_disconnect_frees_the_slot(server: HerdServer) -> None:
             assert wait_until(lambda: active() == 0, timeout=5)
             print(f"slot free {time.monotonic() - t0:.3f}s after disconnect")
         # Non-streamed: the client gives up (timeout) while the answer is generated.
-        with httpx.Client(base_url=server.url, timeout=1.0) as impatient:
-            with pytest.raises(httpx.ReadTimeout):
-                impatient.post("/api/chat", json={**body, "stream": False})
+        with httpx.Client(base_url=server.url, timeout=1.0) as impatient, pytest.raises(httpx.ReadTimeout):
+            impatient.post("/api/chat", json={**body, "stream": False})
         assert wait_until(lambda: active() == 0, timeout=5)

@@ -46,7 +46,7 @@ def varied_schemas(n: int) -> list[dict[str, object]]:
         ("ratings", {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 5}, "maxItems": 4}),
     ]
     schemas = []
-    for i in range(n):
+    for _ in range(n):
         chosen = rng.sample(parts, rng.randint(2, 5))
         props = dict(chosen)
         required = [k for k, _ in chosen if rng.random() < 0.7] or [chosen[0][0]]

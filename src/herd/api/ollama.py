@@ -146,4 +146,4 @@ def _error_line(exc: Exception) -> str:
     return dumps({"error": message}) + "\n"
 
 
-__all__ = ["router", "InvalidRequest"]
+__all__ = ["InvalidRequest", "router"]

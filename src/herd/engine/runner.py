@@ -28,7 +28,7 @@ from herd.engine.protocol import (
     StatusEvent,
     TextEvent,
 )
-from herd.errors import RUNNER_STOPPED, RunnerFailed
+from herd.errors import RUNNER_STOPPED, RunnerFailed, ShuttingDown
 
 _ids = itertools.count(1)
 
@@ -213,6 +213,10 @@ class ProcessRunner:
         """Ending the process returns all of the model's memory."""
         if self._proc is None:
             return
+        # The scheduler stops a runner with requests in flight only at server shutdown (after the grace period):
+        # those requests end with that reason, not with "runner has unexpectedly stopped".
+        for q in self._queues.values():
+            q.put_nowait(ShuttingDown("server is shutting down"))
         if self.alive:
             try:
                 self._send(ShutdownCmd())

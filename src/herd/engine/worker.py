@@ -207,7 +207,7 @@ class Worker:
             cmd = self.waiting.popleft()
             tokens = list(cmd.tokens)
 
-            def common(slot: Slot) -> int:
+            def common(slot: Slot, tokens: list[int] = tokens) -> int:
                 n = 0
                 for a, b in zip(slot.tokens, tokens):
                     if a != b:
@@ -440,7 +440,7 @@ class Worker:
                     used += len(tokens)
             flush()
             self.events.append(EmbedEvent(cmd.req_id, tuple(v for v in vectors if v is not None), total))
-        except Exception as exc:  # noqa: BLE001 - any failure fails this request only, never the runner
+        except Exception as exc:
             self.events.append(EmbedEvent(cmd.req_id, (), total, error=str(exc)))
         finally:
             # Forget the cells; their data need not be zeroed (masked out, and a memset of the whole cache per

@@ -25,7 +25,7 @@ NUM_KEEP = 4
 IMAGE_TOKENS = 768  # Ollama counts each image as this many tokens when fitting
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
-_THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.S)
+_THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 
 
 class Encoder:

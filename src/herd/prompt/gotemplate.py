@@ -1577,7 +1577,7 @@ class _Exec:
             raise self.error(str(e)) from None
         except (_Break, _Continue):
             raise
-        except Exception as e:  # noqa: BLE001 - a function failing is a template error
+        except Exception as e:
             raise self.error(f"error calling {name}: {e}") from None
 
 

@@ -95,7 +95,7 @@ def check_template(source: str) -> None:
         return  # the Go template engine is not installed in this build; it will be checked when rendered
     try:
         gotemplate.GoTemplate(source)
-    except Exception as exc:  # noqa: BLE001 - the Go engine's error types are its own; any failure is a bad template
+    except Exception as exc:
         message = exc.message if isinstance(exc, HerdError) else str(exc)
         raise InvalidRequest("template error: " + message.removeprefix("template error: ")) from None
 

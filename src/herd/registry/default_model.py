@@ -12,7 +12,15 @@ from pathlib import Path
 
 from herd.registry.gguf_info import read_gguf_info
 from herd.registry.names import ModelName
-from herd.registry.store import CONFIG_MEDIA_TYPE, LAYER_PREFIX, Layer, Manifest, Store, atomic_write, sha256_file
+from herd.registry.store import (
+    CONFIG_MEDIA_TYPE,
+    LAYER_PREFIX,
+    Layer,
+    Manifest,
+    Store,
+    atomic_write,
+    sha256_file,
+)
 
 DEFAULT_MODEL = "smollm2:135m"
 ALIASES = ("smollm2", "smollm2:latest")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import ClassVar
 
 import pytest
 
@@ -13,7 +14,7 @@ from herd.scheduler.scheduler import BUSY, ModelRef, Scheduler
 
 
 class FakeRunner:
-    started: list[FakeRunner] = []
+    started: ClassVar[list[FakeRunner]] = []
 
     def __init__(self, spec: LoadSpec) -> None:
         self.spec = spec

@@ -1,0 +1,72 @@
+"""`herd serve`: uvicorn with a graceful drain on SIGTERM/SIGINT.
+
+uvicorn on its own closes the listening socket at the first signal (new clients get "connection refused", not an
+answer) and cancels whatever still runs after `timeout_graceful_shutdown`, cutting a stream without a final line.
+Here the first signal starts a drain instead: the listener stays open and answers new requests 503
+`{"error":"server is shutting down"}` (api/guard.py), running requests and streams go on for up to
+`Settings.shutdown_grace_s`; past that, the runners are stopped, so each remaining stream ends with one
+`{"error":"server is shutting down"}` line. Then uvicorn's own shutdown runs; the lifespan's `scheduler.shutdown()`
+ends every runner process. A second SIGINT still forces the exit, as in uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from herd.api.guard import Drain
+from herd.config import Settings
+
+log = logging.getLogger("herd")
+
+# What the last streams get, once their runners are stopped, to write their error line and close.
+_AFTER_GRACE_S = 5.0
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: FastAPI, grace_s: float) -> None:
+        super().__init__(config)
+        self.herd_app = app
+        self.grace_s = grace_s
+        self._drain_task: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        drain: Drain | None = getattr(self.herd_app.state, "drain", None)
+        if drain is None or self._drain_task is not None or self.should_exit:
+            super().handle_exit(sig, frame)  # a second signal: uvicorn's own handling (SIGINT twice forces)
+            return
+        self._captured_signals.append(sig)
+        loop = asyncio.get_event_loop()
+        # A signal handler runs between bytecodes of the loop's thread: schedule the drain, never await here.
+        self._drain_task = loop.create_task(self._drain(drain))
+
+    async def _drain(self, drain: Drain) -> None:
+        drain.start()
+        try:
+            await asyncio.wait_for(drain.idle(), self.grace_s)
+        except TimeoutError:
+            log.warning("shutdown grace of %.0fs is over: stopping %d running request(s)", self.grace_s,
+                        drain.active)
+            with contextlib.suppress(Exception):
+                await self.herd_app.state.services.scheduler.shutdown()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(drain.idle(), _AFTER_GRACE_S)
+        self.should_exit = True
+
+
+def serve(settings: Settings, log_level: str) -> None:
+    from herd.app import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
+                            timeout_graceful_shutdown=int(_AFTER_GRACE_S))
+    server = DrainingServer(config, app, settings.shutdown_grace_s)
+    server.run()
+
+
+__all__ = ["DrainingServer", "serve"]
