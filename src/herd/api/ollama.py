@@ -3,31 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 
 from herd import __version__
 from herd.api.body import read_json
+from herd.api.common import openapi_body, services
 from herd.api.errors import OllamaJSON, ollama_error
 from herd.api.streaming import NDJSON, dumps, stream_response, until_disconnect
 from herd.chat import ChatChunk
 from herd.errors import HerdError, InvalidRequest
 from herd.schemas import ollama as wire
-from herd.services import Services
 
 router = APIRouter()
 
 
-def services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
-
-
-def _openapi(model: type[Any]) -> dict[str, Any]:
-    """Describe the real body in the OpenAPI document (bodies are read by hand to keep Ollama's errors)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema(
-        by_alias=True)}}}}
 
 
 @router.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse)
@@ -57,7 +48,7 @@ async def runners(request: Request) -> Response:
     return OllamaJSON({"runners": await runner_status(services(request).scheduler)})
 
 
-@router.post("/api/show", openapi_extra=_openapi(wire.ShowRequest))
+@router.post("/api/show", openapi_extra=openapi_body(wire.ShowRequest))
 async def show(request: Request) -> Response:
     try:
         body = await read_json(request, services(request).settings.max_body_bytes)
@@ -109,7 +100,7 @@ async def aggregate_chat(model: str, chunks: AsyncIterator[ChatChunk], with_tool
     return chat_chunk_json(model, merged)
 
 
-@router.post("/api/chat", openapi_extra=_openapi(wire.ChatRequest))
+@router.post("/api/chat", openapi_extra=openapi_body(wire.ChatRequest))
 async def chat(request: Request) -> Response:
     svc = services(request)
     try:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from herd.api.body import read_json
+from herd.api.common import openapi_body, services
 from herd.api.errors import OllamaJSON, ollama_error
 from herd.api.streaming import NDJSON, dumps, stream_response, until_disconnect
 from herd.chat import ChatChunk
@@ -18,19 +18,10 @@ from herd.errors import HerdError
 from herd.generate import GenerateService
 from herd.parsing.base import ToolCall
 from herd.schemas import ollama as wire
-from herd.services import Services
 
 router = APIRouter()
 
 
-def services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
-
-
-def _openapi(model: type[Any]) -> dict[str, Any]:
-    """Describe the real body in the OpenAPI document (bodies are read by hand to keep Ollama's errors)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema(
-        by_alias=True)}}}}
 
 
 # ---- /api/generate -----------------------------------------------------------------------------------------
@@ -80,7 +71,7 @@ async def aggregate_generate(model: str, chunks: AsyncIterator[ChatChunk], image
     return generate_chunk_json(model, merged)
 
 
-@router.post("/api/generate", openapi_extra=_openapi(wire.GenerateRequest))
+@router.post("/api/generate", openapi_extra=openapi_body(wire.GenerateRequest))
 async def generate(request: Request) -> Response:
     svc = services(request)
     try:
@@ -124,7 +115,7 @@ def embed_json(model: str, result: EmbedResult) -> dict[str, object]:
     return doc
 
 
-@router.post("/api/embed", openapi_extra=_openapi(wire.EmbedRequest))
+@router.post("/api/embed", openapi_extra=openapi_body(wire.EmbedRequest))
 async def embed(request: Request) -> Response:
     svc = services(request)
     try:
@@ -136,7 +127,7 @@ async def embed(request: Request) -> Response:
         return ollama_error(exc)
 
 
-@router.post("/api/embeddings", openapi_extra=_openapi(wire.EmbeddingsRequest))
+@router.post("/api/embeddings", openapi_extra=openapi_body(wire.EmbeddingsRequest))
 async def embeddings(request: Request) -> Response:
     svc = services(request)
     try:

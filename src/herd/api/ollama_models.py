@@ -8,30 +8,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from threading import Event
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from herd.api.body import read_json
+from herd.api.body import check_declared_length, read_json
+from herd.api.common import openapi_body, services
 from herd.api.errors import OllamaJSON, ollama_error
 from herd.api.streaming import NDJSON, dumps, stream_response, until_disconnect
 from herd.errors import HerdError
 from herd.registry.progress import Progress, iterate_in_thread
 from herd.schemas import ollama as wire
 from herd.schemas import ollama_models as mwire
-from herd.services import Services
 
 router = APIRouter()
 
 
-def services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
-
-
-def _openapi(model: type[Any]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema(
-        by_alias=True)}}}}
 
 
 async def _body(request: Request) -> object:
@@ -71,7 +63,7 @@ async def _progress_response(request: Request, steps: AsyncIterator[Progress], s
     return await stream_response(steps, _line, _error_line, NDJSON, on_error_before=ollama_error)
 
 
-@router.post("/api/create", openapi_extra=_openapi(mwire.CreateRequest))
+@router.post("/api/create", openapi_extra=openapi_body(mwire.CreateRequest))
 async def create(request: Request) -> Response:
     try:
         req = wire.decode(mwire.CreateRequest, await _body(request), "CreateRequest")
@@ -93,15 +85,18 @@ async def blob_exists(request: Request, digest: str) -> Response:
 
 @router.post("/api/blobs/{digest}")
 async def blob_upload(request: Request, digest: str) -> Response:
-    # No max_body_bytes here: a blob is model weights, often gigabytes. It streams to disk and is hashed on the way.
+    # Not max_body_bytes: a blob is model weights, often gigabytes. It streams to disk and is hashed on the way,
+    # under its own limit (max_blob_bytes), checked on Content-Length first and counted as the bytes arrive.
+    limit = services(request).settings.max_blob_bytes
     try:
-        created = await services(request).manager.receive_blob(digest, request.stream())
+        check_declared_length(request, limit, "blob")
+        created = await services(request).manager.receive_blob(digest, request.stream(), limit)
     except HerdError as exc:
         return ollama_error(exc)
     return Response(status_code=201 if created else 200)
 
 
-@router.post("/api/copy", openapi_extra=_openapi(mwire.CopyRequest))
+@router.post("/api/copy", openapi_extra=openapi_body(mwire.CopyRequest))
 async def copy(request: Request) -> Response:
     try:
         req = wire.decode(mwire.CopyRequest, await _body(request), "CopyRequest")
@@ -111,7 +106,7 @@ async def copy(request: Request) -> Response:
     return Response(status_code=200)
 
 
-@router.delete("/api/delete", openapi_extra=_openapi(wire.ModelOnlyRequest))
+@router.delete("/api/delete", openapi_extra=openapi_body(wire.ModelOnlyRequest))
 async def delete(request: Request) -> Response:
     try:
         req = wire.decode(wire.ModelOnlyRequest, await _body(request), "DeleteRequest")
@@ -121,7 +116,7 @@ async def delete(request: Request) -> Response:
     return Response(status_code=200)
 
 
-@router.post("/api/pull", openapi_extra=_openapi(mwire.TransferRequest))
+@router.post("/api/pull", openapi_extra=openapi_body(mwire.TransferRequest))
 async def pull(request: Request) -> Response:
     try:
         req = wire.decode(mwire.TransferRequest, await _body(request), "PullRequest")
@@ -131,7 +126,7 @@ async def pull(request: Request) -> Response:
     return await _progress_response(request, _threaded(lambda c: transfers.pull(name, insecure, c)), req.stream)
 
 
-@router.post("/api/push", openapi_extra=_openapi(mwire.TransferRequest))
+@router.post("/api/push", openapi_extra=openapi_body(mwire.TransferRequest))
 async def push(request: Request) -> Response:
     try:
         req = wire.decode(mwire.TransferRequest, await _body(request), "PushRequest")

@@ -8,13 +8,13 @@ stream ends without `[DONE]`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from herd import openai_compat as compat
 from herd.api.body import read_json
+from herd.api.common import openapi_body, services
 from herd.api.errors import OpenAIJSON, openai_error, openai_error_body, status_of
 from herd.api.streaming import dumps, stream_response, until_disconnect
 from herd.chat import ChatChunk
@@ -23,20 +23,10 @@ from herd.errors import HerdError
 from herd.generate import GenerateService
 from herd.schemas import openai as wire
 from herd.schemas.ollama import decode
-from herd.services import Services
 
 router = APIRouter()
 SSE = "text/event-stream"
 DONE = "data: [DONE]\n\n"
-
-
-def services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
-
-
-def _openapi(model: type[Any]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema(
-        by_alias=True)}}}}
 
 
 def _sse(events: Callable[[ChatChunk], list[dict[str, object]]]) -> Callable[[ChatChunk], str | None]:
@@ -54,7 +44,7 @@ def _sse_error(exc: Exception) -> str:
     return f"data: {dumps(body)}\n\n"
 
 
-@router.post("/v1/chat/completions", openapi_extra=_openapi(wire.ChatCompletionRequest))
+@router.post("/v1/chat/completions", openapi_extra=openapi_body(wire.ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     svc = services(request)
     try:
@@ -75,7 +65,7 @@ async def chat_completions(request: Request) -> Response:
                                  on_error_before=openai_error)
 
 
-@router.post("/v1/completions", openapi_extra=_openapi(wire.CompletionRequest))
+@router.post("/v1/completions", openapi_extra=openapi_body(wire.CompletionRequest))
 async def completions(request: Request) -> Response:
     svc = services(request)
     try:
@@ -105,7 +95,7 @@ async def get_model(request: Request, model: str) -> Response:
         return openai_error(exc)
 
 
-@router.post("/v1/embeddings", openapi_extra=_openapi(wire.EmbeddingRequest))
+@router.post("/v1/embeddings", openapi_extra=openapi_body(wire.EmbeddingRequest))
 async def embeddings(request: Request) -> Response:
     svc = services(request)
     try:
