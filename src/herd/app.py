@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from herd import __version__
 from herd.api import ollama, ollama_generate, ollama_models, openai
 from herd.api.guard import Drain, GuardMiddleware, is_loopback_host
+from herd.api.openapi import install as install_openapi
 from herd.config import Settings
 from herd.services import Services, build_services
 
@@ -38,6 +39,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(ollama_generate.router)
     app.include_router(ollama_models.router)
     app.include_router(openai.router)
+
+    install_openapi(app)  # /openapi.json: nested body schemas under components, one operationId per method
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

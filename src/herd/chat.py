@@ -15,6 +15,7 @@ from herd.config import Settings
 from herd.engine.protocol import DoneEvent, LoadSpec, TokenLogprob
 from herd.engine.tokenizer import get_tokenizer
 from herd.errors import CapabilityMissing, ModelNotFound, RunnerFailed
+from herd.limits import RequestLimits
 from herd.options import Limits, load_options, merge, sampling_params
 from herd.parsing.base import Delta, IncrementalParser, PassThrough, ToolCall
 from herd.prompt.builder import THINK_CLOSE, THINK_OPEN, build_prompt
@@ -55,7 +56,9 @@ class ChatService:
         self.catalog = catalog
         self.scheduler = scheduler
         self.settings = settings
-        self.limits = Limits(settings.context_length, settings.max_num_ctx, settings.max_num_predict, settings.threads)
+        self.limits = Limits(settings.context_length, settings.max_num_ctx, settings.max_num_predict, settings.threads,
+                             settings.max_num_batch)
+        self.request_limits = RequestLimits.from_settings(settings)
 
     def resolve(self, name: str) -> ResolvedModel:
         try:
@@ -98,6 +101,7 @@ class ChatService:
 
     async def chat(self, turn: ChatTurn) -> AsyncIterator[ChatChunk]:
         t0 = time.perf_counter_ns()
+        self.request_limits.check_chat(turn.messages, turn.tools)  # 400 past a bound, before any work
         model = self.resolve(turn.model)
         ref = self.model_ref(model)
         if not turn.messages and turn.keep_alive == 0:

@@ -51,6 +51,16 @@ def parse_host(raw: str | None) -> tuple[str, int]:
     return host or "127.0.0.1", int(port_text) if port_text else default_port
 
 
+def _float(default: float, *names: str) -> float:
+    raw = _env(*names)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        return default
+
+
 def physical_cores() -> int:
     """llama.cpp runs best with one thread per physical core; SMT siblings only add contention."""
     try:
@@ -81,9 +91,16 @@ class Settings:
     origins: tuple[str, ...] = ()
     load_timeout_s: float = 300.0
     register_default_model: bool = True
-    max_body_bytes: int = 64 * 1024 * 1024
+    # Resource bounds: a request past one of them is a 400 with a message naming the limit, never an OOM.
+    max_body_bytes: int = 64 * 1024 * 1024  # JSON bodies
+    max_blob_bytes: int = 256 * 1024 * 1024 * 1024  # /api/blobs uploads: model weights, streamed to disk
     max_num_ctx: int = 131072
     max_num_predict: int = 1 << 20
+    max_num_batch: int = 8192
+    max_messages: int = 10000
+    max_images: int = 32  # per request
+    max_image_bytes: int = 20 * 1024 * 1024  # per image, decoded
+    max_tools: int = 256
     shutdown_grace_s: float = 10.0
     prompt_cache: bool = True
     constrain_tools: bool = True  # tool calls valid by construction (Ollama only parses them)
@@ -124,4 +141,14 @@ class Settings:
             register_default_model=(_env("HERD_NO_DEFAULT_MODEL") is None),
             prompt_cache=(_env("HERD_PROMPT_CACHE") or "1") not in ("0", "false", "off"),
             constrain_tools=(_env("HERD_CONSTRAIN_TOOLS") or "1") not in ("0", "false", "off"),
+            max_body_bytes=max(1024, _int(cls.max_body_bytes, "HERD_MAX_BODY_BYTES")),
+            max_blob_bytes=max(1024, _int(cls.max_blob_bytes, "HERD_MAX_BLOB_BYTES")),
+            max_num_ctx=max(4, _int(cls.max_num_ctx, "HERD_MAX_NUM_CTX")),
+            max_num_predict=max(1, _int(cls.max_num_predict, "HERD_MAX_NUM_PREDICT")),
+            max_num_batch=max(32, _int(cls.max_num_batch, "HERD_MAX_NUM_BATCH")),
+            max_messages=max(1, _int(cls.max_messages, "HERD_MAX_MESSAGES")),
+            max_images=max(0, _int(cls.max_images, "HERD_MAX_IMAGES")),
+            max_image_bytes=max(1, _int(cls.max_image_bytes, "HERD_MAX_IMAGE_BYTES")),
+            max_tools=max(0, _int(cls.max_tools, "HERD_MAX_TOOLS")),
+            shutdown_grace_s=max(0.0, _float(cls.shutdown_grace_s, "HERD_SHUTDOWN_GRACE")),
         )

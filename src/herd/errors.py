@@ -30,6 +30,11 @@ class PromptTooLong(InvalidRequest):
     """truncate:false and the prompt does not fit num_ctx (400)."""
 
 
+class LimitExceeded(InvalidRequest):
+    """The request is past one of the server's resource bounds (Settings.max_*): too many messages, images or tools,
+    an image, a body or an option value too large (400, never an out-of-memory server)."""
+
+
 class InvalidFormat(HerdError):
     """`format` is neither "json" nor a JSON-schema object. Ollama answers 500 before output."""
 

@@ -107,6 +107,7 @@ class GenerateService:
 
     async def generate(self, req: GenerateRequest) -> AsyncIterator[ChatChunk]:
         t0 = time.perf_counter_ns()
+        self.chat.request_limits.check_images(req.images)  # 400 past a bound, before any work
         chat = self.chat
         model = self.resolve(req.model)
         ref = chat.model_ref(model)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from herd.engine.protocol import SamplingParams
-from herd.errors import InvalidRequest
+from herd.errors import InvalidRequest, LimitExceeded
 
 INT_OPTIONS = {
     "num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep", "seed", "num_predict", "top_k",
@@ -70,6 +70,7 @@ class Limits:
     max_num_ctx: int
     max_num_predict: int
     threads: int
+    max_num_batch: int = 8192
 
 
 def merge(model_params: Mapping[str, object], request: Mapping[str, object]) -> dict[str, object]:
@@ -81,11 +82,11 @@ def merge(model_params: Mapping[str, object], request: Mapping[str, object]) -> 
 def load_options(opts: Mapping[str, object], n_ctx_train: int, limits: Limits) -> LoadOptions:
     num_ctx = int(opts.get("num_ctx", limits.default_num_ctx))  # type: ignore[call-overload]
     if num_ctx > limits.max_num_ctx:
-        raise InvalidRequest(f"num_ctx {num_ctx} exceeds the limit of {limits.max_num_ctx}")
+        raise LimitExceeded(f"num_ctx {num_ctx} exceeds the limit of {limits.max_num_ctx}")
     num_ctx = max(4, min(num_ctx, n_ctx_train) if n_ctx_train > 0 else num_ctx)
     num_batch = int(opts.get("num_batch", 512))  # type: ignore[call-overload]
-    if num_batch > 8192:
-        raise InvalidRequest(f"num_batch {num_batch} exceeds the limit of 8192")
+    if num_batch > limits.max_num_batch:
+        raise LimitExceeded(f"num_batch {num_batch} exceeds the limit of {limits.max_num_batch}")
     num_batch = max(32, num_batch)
     num_thread = int(opts.get("num_thread", 0))  # type: ignore[call-overload]
     if num_thread <= 0 or num_thread > 256:
@@ -96,7 +97,7 @@ def load_options(opts: Mapping[str, object], n_ctx_train: int, limits: Limits) -
 def sampling_params(opts: Mapping[str, object], limits: Limits) -> SamplingParams:
     num_predict = int(opts.get("num_predict", -1))  # type: ignore[call-overload]
     if num_predict > limits.max_num_predict:
-        raise InvalidRequest(f"num_predict {num_predict} exceeds the limit of {limits.max_num_predict}")
+        raise LimitExceeded(f"num_predict {num_predict} exceeds the limit of {limits.max_num_predict}")
     stop = opts.get("stop", ())
     return SamplingParams(
         temperature=float(opts.get("temperature", 0.8)),  # type: ignore[arg-type]

@@ -37,16 +37,19 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         drain: Drain | None = getattr(self.herd_app.state, "drain", None)
-        if drain is None or self._drain_task is not None or self.should_exit:
+        if drain is None or drain.draining or self.should_exit:
             super().handle_exit(sig, frame)  # a second signal: uvicorn's own handling (SIGINT twice forces)
             return
         self._captured_signals.append(sig)
+        drain.start()  # from now on new requests get 503
         loop = asyncio.get_event_loop()
         # A signal handler runs between bytecodes of the loop's thread: schedule the drain, never await here.
-        self._drain_task = loop.create_task(self._drain(drain))
+        loop.call_soon_threadsafe(self._start_drain, drain)
+
+    def _start_drain(self, drain: Drain) -> None:
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain(drain))
 
     async def _drain(self, drain: Drain) -> None:
-        drain.start()
         try:
             await asyncio.wait_for(drain.idle(), self.grace_s)
         except TimeoutError:

@@ -20,6 +20,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -76,6 +77,7 @@ class FakeRegistry:
     corrupt: set[str] = field(default_factory=set)
     token: str | None = None
     ignore_range: bool = False
+    chunk_delay: float = 0.0  # seconds between 64 KiB chunks of a blob: a slow download, to be interrupted
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -109,6 +111,7 @@ class FakeRegistry:
         self.seen.clear()
         self.token = None
         self.ignore_range = False
+        self.chunk_delay = 0.0
 
     # ---- content -------------------------------------------------------------------------------------------
     def add_blob(self, data: bytes | Path) -> dict[str, object]:
@@ -269,6 +272,8 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 self.wfile.write(chunk)
                 sent += len(chunk)
+                if reg.chunk_delay:
+                    time.sleep(reg.chunk_delay)
 
     def do_POST(self) -> None:
         if not self._record():

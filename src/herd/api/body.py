@@ -7,23 +7,28 @@ import json
 
 from fastapi import Request
 
-from herd.errors import InvalidRequest
+from herd.errors import InvalidRequest, LimitExceeded
 
 
-class BodyTooLarge(InvalidRequest):
-    pass
+def too_large(limit: int, what: str = "request body") -> LimitExceeded:
+    return LimitExceeded(f"{what} too large (limit {limit} bytes)")
+
+
+def check_declared_length(request: Request, limit: int, what: str = "request body") -> None:
+    """Refuse before reading when Content-Length already says the body is past the limit."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise too_large(limit, what)
 
 
 async def read_json(request: Request, limit: int) -> object:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"request body too large (limit {limit} bytes)")
+    check_declared_length(request, limit)
     chunks = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in request.stream():  # chunked bodies have no Content-Length: count as they arrive
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge(f"request body too large (limit {limit} bytes)")
+            raise too_large(limit)
         chunks.append(chunk)
     raw = b"".join(chunks)
     if not raw.strip():

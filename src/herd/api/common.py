@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import Request
 
+from herd.api.openapi import request_body
 from herd.services import Services
 
 
@@ -15,5 +16,4 @@ def services(request: Request) -> Services:
 
 def openapi_body(model: type[Any]) -> dict[str, Any]:
     """Describe the real body in the OpenAPI document (bodies are read by hand to keep Ollama's errors)."""
-    schema = model.model_json_schema(by_alias=True)
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    return request_body(model)  # nested models' $refs point at components/schemas (api/openapi.py)

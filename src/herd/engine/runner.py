@@ -213,11 +213,11 @@ class ProcessRunner:
         """Ending the process returns all of the model's memory."""
         if self._proc is None:
             return
-        # The scheduler stops a runner with requests in flight only at server shutdown (after the grace period):
-        # those requests end with that reason, not with "runner has unexpectedly stopped".
-        for q in self._queues.values():
-            q.put_nowait(ShuttingDown("server is shutting down"))
         if self.alive:
+            # The scheduler stops a live runner with requests in flight only at server shutdown (after the grace
+            # period): those requests end with that reason, not with "runner has unexpectedly stopped".
+            for q in self._queues.values():
+                q.put_nowait(ShuttingDown("server is shutting down"))
             try:
                 self._send(ShutdownCmd())
             except RunnerFailed:
@@ -225,6 +225,10 @@ class ProcessRunner:
             await asyncio.to_thread(self._proc.join, 2)
         self._stop_reading()
         self._kill()
+        if self._queues:
+            # A runner that died before its end of file was read: with the reader gone, nothing else would wake
+            # the requests still waiting on it.
+            self._on_death()
         if self._conn is not None:
             self._conn.close()
 

@@ -22,8 +22,9 @@ import base64
 import datetime as _dt
 import math
 import re
+import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
@@ -90,6 +91,13 @@ class _Continue(Exception):
 
 _MISSING = object()  # "no final argument" in a pipeline
 _MAX_DEPTH = 100  # nested {{template}} calls
+# A template is untrusted input (it comes with a model): execution has a budget, so `{{ range 1000000000 }}` or a
+# string doubled in a loop ends with a template error instead of a hang or an out-of-memory server.
+_MAX_STEPS = 1_000_000  # nodes executed, range iterations included
+_MAX_OUTPUT_CHARS = 8 * 1024 * 1024  # the rendered prompt, and any one value a function returns
+_MAX_SECONDS = 2.0
+_MAX_WIDTH = 100_000  # printf width and precision
+_MAX_SOURCE_CHARS = 1024 * 1024
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -387,6 +395,8 @@ def _sprintf(fmt: str, args: Sequence[object]) -> str:
 
 
 def _fmt_verb(verb: str, flags: str, width: int, prec: int | None, arg: object) -> str:
+    if width > _MAX_WIDTH or (prec is not None and prec > _MAX_WIDTH):
+        raise _TemplateError("printf width or precision is too large")
     bad = f"%!{verb}(<nil>)" if arg is None else f"%!{verb}({_go_type(arg)}={_fmt_v(arg)})"
     numeric = False
     s: str
@@ -1378,13 +1388,14 @@ def _get_field(obj: object, name: str) -> object:
     return None if callable(value) else value
 
 
-def _range_items(val: object) -> list[tuple[object, object]]:
+def _range_items(val: object) -> Sequence[tuple[object, object]]:
     if val is None:
         return []
     if isinstance(val, bool):
         raise _TemplateError("range can't iterate over bool")
     if isinstance(val, int):
-        return [(i, i) for i in range(val)]
+        # Lazily: `range 1000000000` must not build a list first; the step budget ends the loop.
+        return _IntPairs(range(max(val, 0)))
     if isinstance(val, Mapping):
         return _sorted_items(val)
     if isinstance(val, list | tuple):
@@ -1392,10 +1403,29 @@ def _range_items(val: object) -> list[tuple[object, object]]:
     raise _TemplateError(f"range can't iterate over {_fmt_v(val)}")
 
 
+class _IntPairs(Sequence[tuple[int, int]]):
+    """`range N` as (i, i) pairs without a list of N items."""
+
+    def __init__(self, r: range) -> None:
+        self.r = r
+
+    def __len__(self) -> int:
+        return len(self.r)
+
+    def __getitem__(self, i: int) -> tuple[int, int]:  # type: ignore[override]
+        return self.r[i], self.r[i]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((i, i) for i in self.r)
+
+
 class _Exec:
     def __init__(self, defines: Mapping[str, list[object]], root: object) -> None:
         self.defines = defines
         self.out: list[str] = []
+        self.size = 0
+        self.steps = 0
+        self.deadline = time.monotonic() + _MAX_SECONDS
         self.vars: list[list[object]] = [["$", root]]
         self.line = 0
         self.depth = 0
@@ -1403,17 +1433,31 @@ class _Exec:
     def error(self, msg: str) -> _TemplateError:
         return _TemplateError(f"template: :{self.line}: executing: {msg}")
 
+    def tick(self) -> None:
+        self.steps += 1
+        if self.steps > _MAX_STEPS:
+            raise self.error("template execution exceeded its step budget")
+        if not self.steps & 255 and time.monotonic() > self.deadline:
+            raise self.error("template rendering took too long")
+
+    def emit(self, text: str) -> None:
+        self.size += len(text)
+        if self.size > _MAX_OUTPUT_CHARS:
+            raise self.error("template output is too large")
+        self.out.append(text)
+
     # statements
 
     def walk(self, nodes: Iterable[object], dot: object) -> None:
         for node in nodes:
+            self.tick()
             if isinstance(node, _Text):
-                self.out.append(node.text)
+                self.emit(node.text)
             elif isinstance(node, _Action):
                 self.line = node.line
                 val = self.pipe(node.pipe, dot)
                 if not node.pipe.decl:
-                    self.out.append(_fmt_v(val, top=True))
+                    self.emit(_fmt_v(val, top=True))
             elif isinstance(node, _Branch):
                 self.line = node.line
                 if node.kind == "range":
@@ -1454,6 +1498,7 @@ class _Exec:
             decl = node.pipe.decl
             top = len(self.vars)
             for key, elem in items:
+                self.tick()
                 if decl:
                     if node.pipe.is_assign:
                         if len(decl) == 2:
@@ -1572,13 +1617,16 @@ class _Exec:
         if final is not _MISSING:
             argv.append(final)
         try:
-            return fn(*argv)
+            result = fn(*argv)
         except _TemplateError as e:
             raise self.error(str(e)) from None
         except (_Break, _Continue):
             raise
         except Exception as e:
             raise self.error(f"error calling {name}: {e}") from None
+        if isinstance(result, str) and len(result) > _MAX_OUTPUT_CHARS:
+            raise self.error(f"error calling {name}: result is too large")
+        return result
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1702,6 +1750,8 @@ class GoTemplate:
 
     def __init__(self, source: str) -> None:
         self.source = source
+        if len(source) > _MAX_SOURCE_CHARS:
+            raise InvalidRequest("template error: template is too large")
         src = _Source(source)
         try:
             parser = _Parser(src, _lex(src))
@@ -1743,6 +1793,8 @@ class GoTemplate:
             raise InvalidRequest("template error: break or continue outside range") from None
         except RecursionError:
             raise InvalidRequest("template error: template is nested too deeply") from None
+        except MemoryError:
+            raise InvalidRequest("template error: out of memory") from None
         return "".join(ex.out)
 
     def _render_legacy_last(self, data: Mapping[str, object]) -> str:

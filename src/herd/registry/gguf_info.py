@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import mmap
+import os
+import struct
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +23,101 @@ _FILE_TYPES = {
 }
 
 GGUF_MAGIC = b"GGUF"
+
+# Bounds for the header pre-scan (see _check_header). Real models have at most a few thousand tensors and a few
+# dozen keys; the vocabulary array (up to ~260k strings) is the largest thing in a header.
+_MAX_TENSORS = 1 << 20
+_MAX_KV = 1 << 16
+_MAX_KEY_LEN = 1 << 16
+_MAX_DIMS = 8
+_MAX_ARRAY_DEPTH = 4
+_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+
+
+class _BadHeader(Exception):
+    pass
+
+
+class _Scan:
+    """Walks a GGUF header with bounds checks at every length and count, reading nothing but the header."""
+
+    def __init__(self, data: mmap.mmap | bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> int:
+        if n < 0 or self.pos + n > len(self.data):
+            raise _BadHeader("truncated file")
+        start = self.pos
+        self.pos += n
+        return start
+
+    def u32(self) -> int:
+        return int(struct.unpack_from("<I", self.data, self.take(4))[0])
+
+    def u64(self) -> int:
+        return int(struct.unpack_from("<Q", self.data, self.take(8))[0])
+
+    def string(self, limit: int | None = None) -> None:
+        n = self.u64()
+        if limit is not None and n > limit:
+            raise _BadHeader(f"string length {n} is out of range")
+        self.take(n)
+
+    def value(self, kind: int, depth: int = 0) -> None:
+        if kind in _SCALAR_SIZES:
+            self.take(_SCALAR_SIZES[kind])
+        elif kind == _STRING:
+            self.string()
+        elif kind == _ARRAY:
+            if depth >= _MAX_ARRAY_DEPTH:
+                raise _BadHeader("arrays nested too deeply")
+            item, count = self.u32(), self.u64()
+            left = len(self.data) - self.pos
+            if item in _SCALAR_SIZES:
+                if count > left // _SCALAR_SIZES[item]:
+                    raise _BadHeader(f"array length {count} is out of range")
+                self.take(count * _SCALAR_SIZES[item])
+            elif item in (_STRING, _ARRAY):
+                if count > left // 8:  # each item starts with at least an 8-byte length
+                    raise _BadHeader(f"array length {count} is out of range")
+                for _ in range(count):
+                    self.value(item, depth + 1)
+            else:
+                raise _BadHeader(f"unknown value type {item}")
+        else:
+            raise _BadHeader(f"unknown value type {kind}")
+
+
+def _check_header(path: Path) -> None:
+    """Cheap sanity checks before the `gguf` package sees the file: it trusts the counts and lengths in the header,
+    and an absurd tensor count or string length (a truncated or hostile file) would make it allocate or loop
+    without end. Every count is checked against the bytes that are left, so the scan ends within the file."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 24:
+            raise _BadHeader("truncated header")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            scan = _Scan(data)
+            scan.take(4)  # magic, checked by the caller
+            version = scan.u32()
+            if version not in (2, 3):
+                raise _BadHeader(f"unsupported version {version}")
+            n_tensors, n_kv = scan.u64(), scan.u64()
+            if n_tensors > _MAX_TENSORS or n_tensors > size // 32:  # a tensor entry takes at least 32 bytes
+                raise _BadHeader(f"tensor count {n_tensors} is out of range")
+            if n_kv > _MAX_KV or n_kv > size // 13:  # a key-value entry takes at least 13 bytes
+                raise _BadHeader(f"key-value count {n_kv} is out of range")
+            for _ in range(n_kv):
+                scan.string(limit=_MAX_KEY_LEN)
+                scan.value(scan.u32())
+            for _ in range(n_tensors):
+                scan.string(limit=_MAX_KEY_LEN)
+                dims = scan.u32()
+                if dims > _MAX_DIMS:
+                    raise _BadHeader(f"tensor with {dims} dimensions")
+                scan.take(8 * dims + 4 + 8)  # the dimensions, the type and the data offset
 
 
 @dataclass(frozen=True)
@@ -90,6 +188,12 @@ def read_gguf_info(path: Path) -> GGUFInfo:
         if f.read(4) != GGUF_MAGIC:
             raise InvalidRequest("supplied file was not in GGUF format")
     try:
+        _check_header(path)
+    except _BadHeader as exc:
+        raise InvalidRequest(f"invalid GGUF file: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise InvalidRequest(f"invalid GGUF file: {exc}") from None
+    try:
         from gguf import GGUFReader
 
         reader = GGUFReader(str(path), "r")
@@ -101,13 +205,18 @@ def read_gguf_info(path: Path) -> GGUFInfo:
                 metadata[name] = _value(fld)
             except Exception:  # an odd field must not hide the rest of the header
                 continue
+        for t in reader.tensors:
+            # A truncated download or upload: the header is whole, the weights are not. llama.cpp would fail to
+            # load it later with a vaguer error; say it here, as a client error.
+            if int(t.data_offset) + int(t.n_bytes) > st.st_size:
+                raise InvalidRequest(f"invalid GGUF file: tensor {t.name} is truncated")
         tensors = tuple(
             TensorInfo(t.name, t.tensor_type.name, tuple(int(x) for x in t.shape)) for t in reader.tensors
         )
         param_count = sum(int(np.prod(t.shape)) for t in reader.tensors)
     except InvalidRequest:
         raise
-    except Exception as exc:
+    except Exception as exc:  # whatever the gguf package raises on a bad file means a bad file
         raise InvalidRequest(f"invalid GGUF file: {exc}") from None
     arch = str(metadata.get("general.architecture", ""))
     tokens = None

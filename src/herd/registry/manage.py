@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
-from herd.errors import BlobNotFound, DigestMismatch, InvalidRequest, ModelNotFound, StorageFailed
+from herd.errors import BlobNotFound, DigestMismatch, InvalidRequest, LimitExceeded, ModelNotFound, StorageFailed
 from herd.registry.names import InvalidName, ModelName, is_valid_digest
 from herd.registry.store import Store
 
@@ -50,7 +50,7 @@ class ModelManager:
     def has_blob(self, digest: str) -> bool:
         return self.store.has_blob(normalize_digest(digest))
 
-    async def receive_blob(self, digest: str, body: AsyncIterator[bytes]) -> bool:
+    async def receive_blob(self, digest: str, body: AsyncIterator[bytes], limit: int | None = None) -> bool:
         """Store an uploaded blob; True if it was created, False if the store already had it (the body is then
         not read, as in Ollama, which answers 200 at once). The bytes go to a temporary file in the blobs folder
         and are renamed into place only once their sha256 matches, so a half or wrong upload is never a blob."""
@@ -67,7 +67,11 @@ class ModelManager:
         try:
             with os.fdopen(fd, "wb") as f:
                 buf = bytearray()
+                received = 0
                 async for chunk in body:
+                    received += len(chunk)
+                    if limit is not None and received > limit:
+                        raise LimitExceeded(f"blob too large (limit {limit} bytes)")
                     buf += chunk
                     if len(buf) >= _WRITE_SLICE:
                         await asyncio.to_thread(_write_and_hash, f, hasher, bytes(buf))

