@@ -31,24 +31,24 @@ def main() -> None:
                                                  "_debug_render_only": True}).json()["_debug_info"]["rendered_template"]
             c.post("/api/chat", json={"model": MODEL, "messages": [], "keep_alive": -1})
 
+        # Raw and herd alternate, run after run (the runner sits idle while raw runs), so that both see the
+        # same machine: its speed drifts over minutes.
         raw = RawLlama(n_seq=1)
         prompt = raw.tokenize(rendered)
-        raw_rates, raw_ttft = [], []
+        raw.run(prompt, 16)
+        body = {"model": MODEL, "messages": MESSAGES, "options": {"temperature": 0, "num_predict": N_OUT}}
+        stream_chat(server.url, body)  # warm
+        raw_rates, raw_ttft, herd_rates, herd_ttft, herd_server_rates, counts = [], [], [], [], [], []
         for _ in range(args.runs):
             ttft, rate = raw.run(prompt, N_OUT)
             raw_ttft.append(ttft)
             raw_rates.append(rate)
-        del raw
-
-        body = {"model": MODEL, "messages": MESSAGES, "options": {"temperature": 0, "num_predict": N_OUT}}
-        herd_rates, herd_ttft, herd_server_rates, counts = [], [], [], []
-        stream_chat(server.url, body)  # warm
-        for _ in range(args.runs):
             ttft, rate, n, final = stream_chat(server.url, body)
             herd_ttft.append(ttft)
             herd_rates.append(rate)
             counts.append(n)
             herd_server_rates.append(final["eval_count"] / final["eval_duration"] * 1e9)  # type: ignore[operator]
+        raw.close()
     finally:
         server.stop()
 
