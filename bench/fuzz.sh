@@ -2,7 +2,7 @@
 # Fuzz a live herd server with schemathesis, driven by its own /openapi.json (about 2000 cases).
 #
 #   bench/fuzz.sh                 # a fresh server on a free loopback port, with a temporary model store
-#   CASES=100 bench/fuzz.sh       # generated cases per operation (default 100: ~2000 over the 21 operations)
+#   CASES=100 bench/fuzz.sh       # generated cases per operation (default 200: about 2800 over the 23 operations)
 #   URL=http://127.0.0.1:11434 bench/fuzz.sh   # an already running server (careful: fuzzing creates, copies
 #                                               # and deletes models in its store)
 #
@@ -10,7 +10,7 @@
 # /api/pull and /api/push are left out: they would reach for registries off this machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CASES="${CASES:-100}"
+CASES="${CASES:-200}"
 command -v schemathesis >/dev/null || { echo "schemathesis is missing: pip install -e '.[dev]'" >&2; exit 2; }
 
 cleanup() { :; }
