@@ -127,9 +127,10 @@ def stream_chat(url: str, body: dict[str, object]) -> tuple[float, float, int, d
     return t_first - t0, rate, n, final
 
 
-def stream_chats(url: str, bodies: list[dict[str, object]]) -> list[tuple[float, int, dict[str, object]]]:
+def stream_chats(url: str, bodies: list[dict[str, object]]) -> list[tuple[float, int, dict[str, object], float]]:
     """Several streamed /api/chat requests at once from one thread (a selector over raw sockets), so the
-    measuring client costs as little CPU as possible. Returns (time to first token, tokens, final line) each."""
+    measuring client costs as little CPU as possible. Returns, for each, (time to first token, tokens,
+    final line, client-side decode tokens/s from the first token to the last)."""
     import selectors
     import socket
 
@@ -143,7 +144,7 @@ def stream_chats(url: str, bodies: list[dict[str, object]]) -> list[tuple[float,
         sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (host.encode(), len(payload)) + payload)
         sel.register(sock, selectors.EVENT_READ, i)
-        states.append({"buf": b"", "first": 0.0, "n": 0})
+        states.append({"buf": b"", "first": 0.0, "last": 0.0, "n": 0})
     open_socks = len(bodies)
     while open_socks:
         for key, _ in sel.select():
@@ -155,8 +156,10 @@ def stream_chats(url: str, bodies: list[dict[str, object]]) -> list[tuple[float,
                 open_socks -= 1
                 continue
             count = data.count(b'"done":false')
-            if count and not st["first"]:
-                st["first"] = time.perf_counter()
+            if count:
+                now = time.perf_counter()
+                st["first"] = st["first"] or now
+                st["last"] = now
             st["n"] += count
             st["buf"] += data
     out = []
@@ -168,7 +171,9 @@ def stream_chats(url: str, bodies: list[dict[str, object]]) -> list[tuple[float,
             if line.startswith(b"{") and b'"done":true' in line:
                 final = json.loads(line)
                 break
-        out.append((st["first"] - t0, st["n"], final))
+        span = st["last"] - st["first"]
+        rate = (st["n"] - 1) / span if st["n"] > 1 and span > 0 else 0.0
+        out.append((st["first"] - t0, st["n"], final, rate))
     return out
 
 

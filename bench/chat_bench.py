@@ -10,7 +10,7 @@ import argparse
 import statistics
 
 import httpx
-from _common import HerdServer, RawLlama, stream_chat
+from _common import HerdServer, RawLlama, stream_chat, stream_chats
 
 MODEL = "smollm2:135m"
 N_OUT = 128
@@ -43,7 +43,7 @@ def main() -> None:
             ttft, rate = raw.run(prompt, N_OUT)
             raw_ttft.append(ttft)
             raw_rates.append(rate)
-            ttft, rate, n, final = stream_chat(server.url, body)
+            ttft, n, final, rate = stream_chats(server.url, [body])[0]
             herd_ttft.append(ttft)
             herd_rates.append(rate)
             counts.append(n)

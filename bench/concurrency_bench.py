@@ -31,7 +31,7 @@ def herd_streams(url: str, n: int) -> tuple[float, float, int]:
     t0 = time.perf_counter()
     results = stream_chats(url, [story(i) for i in range(n)])
     wall = time.perf_counter() - t0
-    tokens = sum(int(final.get("eval_count", 0)) for _, _, final in results)  # type: ignore[call-overload]
+    tokens = sum(int(final.get("eval_count", 0)) for _, _, final, _ in results)  # type: ignore[call-overload]
     return tokens / wall, statistics.median(r[0] for r in results), tokens
 
 
