@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import signal
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -194,6 +196,56 @@ def test_server_killed_during_a_create(store_dir: Path) -> None:
             assert made.status_code == 200, made.text
         assert "copied:latest" in every_listed_model_runs(again)
         check_store(store_dir)
+    finally:
+        again.stop()
+        shutil.rmtree(store_dir, ignore_errors=True)
+
+
+def test_disk_full_during_a_pull_is_a_clear_error_and_leaves_no_partial_file(registry: FakeRegistry,
+                                                                               tmp_path: Path) -> None:
+    """The store sits on a 1 MB tmpfs; the 3 MB blob cannot fit."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                      capture_output=True, check=False).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        srv = HerdServer(models_dir=mount / "models", env={**FAST_ENV, "HERD_NO_DEFAULT_MODEL": "1"}).start()
+        try:
+            with httpx.Client(base_url=srv.url, timeout=120) as h:
+                resp = h.post("/api/pull", json={"model": f"{registry.host}/library/tiny", "insecure": True,
+                                                 "stream": False})
+                assert resp.status_code == 500
+                assert resp.json() == {"error": "cannot write to the model store: No space left on device"}
+                assert h.get("/").status_code == 200  # the server keeps serving
+                assert h.get("/api/tags").json() == {"models": []}
+        finally:
+            srv.stop()
+        leftovers = [p.name for p in (mount / "models" / "blobs").iterdir() if p.name.endswith("-partial")]
+        assert leftovers == []
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_server_killed_during_a_delete(store_dir: Path) -> None:
+    srv = HerdServer(models_dir=store_dir, env=FAST_ENV).start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as h:
+            assert h.post("/api/copy", json={"source": MODEL, "destination": "victim:latest"}).status_code == 200
+            assert h.post("/api/copy", json={"source": MODEL, "destination": "keeper:latest"}).status_code == 200
+        # Send the delete and kill the server without waiting for the answer.
+        with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+            body = json.dumps({"model": "victim:latest"}).encode()
+            sock.sendall(b"DELETE /api/delete HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            kill9(srv)
+    finally:
+        srv.stop()
+    again = HerdServer(models_dir=store_dir, env=FAST_ENV).start()
+    try:
+        listed = every_listed_model_runs(again)
+        assert "keeper:latest" in listed and MODEL in listed
+        check_store(store_dir)  # every manifest's blobs exist
     finally:
         again.stop()
         shutil.rmtree(store_dir, ignore_errors=True)

@@ -14,6 +14,7 @@ Both run as blocking generators (one short step per yield) that `progress.iterat
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -249,12 +250,20 @@ class Transfers:
                 else:
                     _hash_prefix(partial, hasher, cancel)
             yield Progress(status, digest, total, offset or None)
-            with open(partial, "ab") as f:
-                state = _Partial(f, hasher, offset)
-                yield from self._download(registry, layer, state, status, cancel)
-                f.flush()
-                os.fsync(f.fileno())
-                size = state.offset
+            try:
+                with open(partial, "ab") as f:
+                    state = _Partial(f, hasher, offset)
+                    yield from self._download(registry, layer, state, status, cancel)
+                    f.flush()
+                    os.fsync(f.fileno())
+                    size = state.offset
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    # A full disk: a partial file that cannot grow is no use to resume, and it holds the space
+                    # every other write needs.
+                    partial.unlink(missing_ok=True)
+                    raise StorageFailed(f"cannot write to the model store: {os.strerror(exc.errno)}") from None
+                raise
             got = "sha256:" + state.hasher.hexdigest()
             if got != digest or (total is not None and size != total):
                 partial.unlink(missing_ok=True)
