@@ -47,6 +47,28 @@ class ChatChunk:
     debug_prompt: str | None = None
 
 
+async def drain(chunks: AsyncIterator[ChatChunk]) -> ChatChunk:
+    """stream:false in every dialect: the same stream drained into one chunk (text and thinking concatenated,
+    calls and logprobs collected, reason, metrics and context from the last). A debug-render chunk is returned
+    as it is."""
+    content: list[str] = []
+    thinking: list[str] = []
+    calls: list[ToolCall] = []
+    logprobs: list[TokenLogprob] = []
+    last: ChatChunk | None = None
+    async for chunk in chunks:
+        if chunk.debug_prompt is not None:
+            return chunk
+        content.append(chunk.content)
+        thinking.append(chunk.thinking)
+        calls.extend(chunk.tool_calls)
+        logprobs.extend(chunk.logprobs)
+        last = chunk
+    assert last is not None
+    return ChatChunk("".join(content), "".join(thinking), tuple(calls), tuple(logprobs), True, last.done_reason,
+                     last.metrics, context=last.context)
+
+
 def not_found(name: str) -> ModelNotFound:
     return ModelNotFound(f"model '{name}' not found")
 

@@ -17,9 +17,8 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-from herd.chat import ChatChunk
+from herd.chat import ChatChunk, drain
 from herd.embed import EmbedRequest, EmbedResult
-from herd.engine.protocol import TokenLogprob
 from herd.errors import InvalidRequest, ModelNotFound
 from herd.generate import GenerateRequest
 from herd.parsing.base import ToolCall
@@ -284,29 +283,17 @@ def _debug_info(chunk: ChatChunk, image_count: int) -> dict[str, object]:
 async def chat_completion(model: str, chunks: AsyncIterator[ChatChunk], with_tools: bool, image_count: int = 0
                           ) -> dict[str, object]:
     """stream:false: the whole stream drained into one chat.completion."""
-    content: list[str] = []
-    reasoning: list[str] = []
-    calls: list[ToolCall] = []
-    logprobs: list[TokenLogprob] = []
-    last: ChatChunk | None = None
-    async for chunk in chunks:
-        if chunk.debug_prompt is not None:
-            return wire.chat_completion_json(new_id("chatcmpl"), int(time.time()), model,
-                                             wire.message_json("", "", ()), None, wire.usage_json(0, 0),
-                                             debug_info=_debug_info(chunk, image_count))
-        content.append(chunk.content)
-        reasoning.append(chunk.thinking)
-        calls.extend(chunk.tool_calls)
-        logprobs.extend(chunk.logprobs)
-        last = chunk
-    assert last is not None
+    last = await drain(chunks)
+    if last.debug_prompt is not None:
+        return wire.chat_completion_json(new_id("chatcmpl"), int(time.time()), model,
+                                         wire.message_json("", "", ()), None, wire.usage_json(0, 0),
+                                         debug_info=_debug_info(last, image_count))
     metrics = last.metrics
     usage = wire.usage_json(metrics.prompt_eval_count if metrics else 0, metrics.eval_count if metrics else 0)
-    tool_calls = tuple(calls) if with_tools else ()
+    tool_calls = last.tool_calls if with_tools else ()
     return wire.chat_completion_json(
-        new_id("chatcmpl"), int(time.time()), model, wire.message_json("".join(content), "".join(reasoning),
-                                                                       tool_calls),
-        _finish_reason(last.done_reason, bool(tool_calls)), usage, tuple(logprobs),
+        new_id("chatcmpl"), int(time.time()), model, wire.message_json(last.content, last.thinking, tool_calls),
+        _finish_reason(last.done_reason, bool(tool_calls)), usage, last.logprobs,
     )
 
 
@@ -398,20 +385,13 @@ def _usage_of(chunk: ChatChunk) -> dict[str, int]:
 
 
 async def completion(model: str, chunks: AsyncIterator[ChatChunk]) -> dict[str, object]:
-    text: list[str] = []
-    logprobs: list[TokenLogprob] = []
-    last: ChatChunk | None = None
-    async for chunk in chunks:
-        if chunk.debug_prompt is not None:
-            doc = wire.completion_json(new_id("cmpl"), int(time.time()), model, "", None, wire.usage_json(0, 0))
-            doc["_debug_info"] = _debug_info(chunk, 0)
-            return doc
-        text.append(chunk.content)
-        logprobs.extend(chunk.logprobs)
-        last = chunk
-    assert last is not None
-    return wire.completion_json(new_id("cmpl"), int(time.time()), model, "".join(text),
-                                last.done_reason or None, _usage_of(last), tuple(logprobs))
+    last = await drain(chunks)
+    if last.debug_prompt is not None:
+        doc = wire.completion_json(new_id("cmpl"), int(time.time()), model, "", None, wire.usage_json(0, 0))
+        doc["_debug_info"] = _debug_info(last, 0)
+        return doc
+    return wire.completion_json(new_id("cmpl"), int(time.time()), model, last.content,
+                                last.done_reason or None, _usage_of(last), last.logprobs)
 
 
 class CompletionStream:

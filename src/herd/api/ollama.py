@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
@@ -12,7 +13,7 @@ from herd.api.body import read_json
 from herd.api.common import openapi_body, services
 from herd.api.errors import OllamaJSON, ollama_error
 from herd.api.streaming import NDJSON, dumps, stream_response, until_disconnect
-from herd.chat import ChatChunk
+from herd.chat import ChatChunk, drain
 from herd.errors import HerdError, InvalidRequest
 from herd.schemas import ollama as wire
 
@@ -83,21 +84,11 @@ def debug_json(model: str, chunk: ChatChunk) -> dict[str, object]:
 
 
 async def aggregate_chat(model: str, chunks: AsyncIterator[ChatChunk], with_tools: bool) -> dict[str, object]:
-    """stream:false drains the same stream: content and thinking concatenated, calls and logprobs collected."""
-    content, thinking, calls, logprobs = [], [], [], []
-    last: ChatChunk | None = None
-    async for chunk in chunks:
-        if chunk.debug_prompt is not None:
-            return debug_json(model, chunk)
-        content.append(chunk.content)
-        thinking.append(chunk.thinking)
-        calls.extend(chunk.tool_calls)
-        logprobs.extend(chunk.logprobs)
-        last = chunk
-    assert last is not None
-    merged = ChatChunk("".join(content), "".join(thinking), tuple(calls) if with_tools else (), tuple(logprobs),
-                       True, last.done_reason, last.metrics)
-    return chat_chunk_json(model, merged)
+    """stream:false: tool_calls appear only if the request had tools (spec 2.5)."""
+    merged = await drain(chunks)
+    if merged.debug_prompt is not None:
+        return debug_json(model, merged)
+    return chat_chunk_json(model, replace(merged, tool_calls=merged.tool_calls if with_tools else ()))
 
 
 @router.post("/api/chat", openapi_extra=openapi_body(wire.ChatRequest))

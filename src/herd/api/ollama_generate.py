@@ -11,12 +11,10 @@ from herd.api.body import read_json
 from herd.api.common import openapi_body, services
 from herd.api.errors import OllamaJSON, ollama_error
 from herd.api.streaming import NDJSON, dumps, stream_response, until_disconnect
-from herd.chat import ChatChunk
+from herd.chat import ChatChunk, drain
 from herd.embed import EmbedResult, EmbedService
-from herd.engine.protocol import TokenLogprob
 from herd.errors import HerdError
 from herd.generate import GenerateService
-from herd.parsing.base import ToolCall
 from herd.schemas import ollama as wire
 
 router = APIRouter()
@@ -51,23 +49,10 @@ def generate_debug_json(model: str, chunk: ChatChunk, image_count: int) -> dict[
 
 
 async def aggregate_generate(model: str, chunks: AsyncIterator[ChatChunk], image_count: int) -> dict[str, object]:
-    """stream:false drains the same stream: response and thinking concatenated; the rest from the last chunk."""
-    response: list[str] = []
-    thinking: list[str] = []
-    calls: list[ToolCall] = []
-    logprobs: list[TokenLogprob] = []
-    last: ChatChunk | None = None
-    async for chunk in chunks:
-        if chunk.debug_prompt is not None:
-            return generate_debug_json(model, chunk, image_count)
-        response.append(chunk.content)
-        thinking.append(chunk.thinking)
-        calls.extend(chunk.tool_calls)
-        logprobs.extend(chunk.logprobs)
-        last = chunk
-    assert last is not None
-    merged = ChatChunk("".join(response), "".join(thinking), tuple(calls), tuple(logprobs), True,
-                       last.done_reason, last.metrics, context=last.context)
+    """stream:false: the same stream, drained."""
+    merged = await drain(chunks)
+    if merged.debug_prompt is not None:
+        return generate_debug_json(model, merged, image_count)
     return generate_chunk_json(model, merged)
 
 

@@ -39,11 +39,11 @@ class MessageIn(BaseModel):
     tool_call_id: str | None = None
 
 
-class ChatRequest(BaseModel):
+class _GenerationRequest(BaseModel):
+    """The fields /api/chat and /api/generate share (spec 2.1, 5.1)."""
+
     model_config = _STRICT
     model: str | None = None
-    messages: list[MessageIn] | None = None
-    tools: list[dict[str, Any]] | None = None
     format: Any = None
     options: dict[str, Any] | None = None
     stream: bool | None = None
@@ -54,6 +54,11 @@ class ChatRequest(BaseModel):
     truncate: bool | None = None
     shift: bool | None = None
     debug_render_only: bool | None = Field(default=None, alias="_debug_render_only")
+
+
+class ChatRequest(_GenerationRequest):
+    messages: list[MessageIn] | None = None
+    tools: list[dict[str, Any]] | None = None
 
 
 class ShowRequest(BaseModel):
@@ -253,9 +258,7 @@ def to_chat_turn(req: ChatRequest) -> Any:
 # ---- /api/generate, /api/embed, /api/embeddings ----------------------------------------------------------
 
 
-class GenerateRequest(BaseModel):
-    model_config = _STRICT
-    model: str | None = None
+class GenerateRequest(_GenerationRequest):
     prompt: str | None = None
     suffix: str | None = None
     system: str | None = None
@@ -263,16 +266,6 @@ class GenerateRequest(BaseModel):
     context: list[int] | None = None
     raw: bool | None = None
     images: list[str] | None = None
-    format: Any = None
-    options: dict[str, Any] | None = None
-    stream: bool | None = None
-    think: Any = None
-    keep_alive: Any = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    truncate: bool | None = None
-    shift: bool | None = None
-    debug_render_only: bool | None = Field(default=None, alias="_debug_render_only")
 
 
 class EmbedRequest(BaseModel):
