@@ -12,13 +12,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
 from herd.config import Settings
-from herd.engine.protocol import DoneEvent, LoadSpec, TokenLogprob
-from herd.engine.tokenizer import get_tokenizer
+from herd.engine.protocol import DoneEvent, LoadSpec, SamplingParams, TokenLogprob
+from herd.engine.runner import Runner
+from herd.engine.tokenizer import Tokenizer, get_tokenizer
 from herd.errors import CapabilityMissing, ModelNotFound, RunnerFailed
 from herd.limits import RequestLimits
 from herd.options import Limits, load_options, merge, sampling_params
 from herd.parsing.base import Delta, IncrementalParser, PassThrough, ToolCall
-from herd.prompt.builder import THINK_CLOSE, THINK_OPEN, build_prompt
+from herd.prompt.builder import THINK_CLOSE, THINK_OPEN, RenderedPrompt, build_prompt
 from herd.registry.models import ModelCatalog, ResolvedModel
 from herd.scheduler.scheduler import ModelRef, Scheduler
 from herd.types import ChatTurn, Think
@@ -147,57 +148,68 @@ class ChatService:
             if turn.debug_render_only:
                 yield ChatChunk(done=False, debug_prompt=prompt.text)
                 return
-            parser = self.parser_for(model, turn, think, prompt.thinking_prefilled)
-            two_phase = grammar is not None and turn.format is not None and prompt.thinking_prefilled
-            first_grammar = None if two_phase else grammar
-            first_sampling = replace(sampling, stop=sampling.stop + (THINK_CLOSE,)) if two_phase else sampling
-            done: DoneEvent | None = None
-            raw: list[str] = []
-            async for ev in loaded.runner.generate(prompt.tokens, first_sampling, turn.logprobs, turn.top_logprobs,
-                                                   first_grammar):
+            async for chunk in self.generate_turn(loaded.runner, model, turn, think, prompt, tokenizer, sampling,
+                                                  grammar, t0, t_loaded):
+                yield chunk
+
+
+    async def generate_turn(
+        self, runner: Runner, model: ResolvedModel, turn: ChatTurn, think: Think | None, prompt: RenderedPrompt,
+        tokenizer: Tokenizer, sampling: SamplingParams, grammar: str | None, t0: int, t_loaded: int,
+    ) -> AsyncIterator[ChatChunk]:
+        """Generate from a rendered prompt on a leased runner, parse, and end with the metrics chunk. Shared by
+        /api/chat and /api/generate."""
+        parser = self.parser_for(model, turn, think, prompt.thinking_prefilled)
+        two_phase = grammar is not None and turn.format is not None and prompt.thinking_prefilled
+        first_grammar = None if two_phase else grammar
+        first_sampling = replace(sampling, stop=sampling.stop + (THINK_CLOSE,)) if two_phase else sampling
+        done: DoneEvent | None = None
+        raw: list[str] = []
+        async for ev in runner.generate(prompt.tokens, first_sampling, turn.logprobs, turn.top_logprobs,
+                                               first_grammar):
+            if isinstance(ev, DoneEvent):
+                done = ev
+                break
+            raw.append(ev.text)
+            delta = parser.feed(ev.text) if ev.text else Delta()
+            if delta or ev.logprobs:
+                yield ChatChunk(delta.content, delta.thinking, delta.tool_calls, ev.logprobs)
+        assert done is not None
+        if done.reason == "error":
+            raise RunnerFailed(done.error or "generation failed")
+        first = done
+        if two_phase and done.reason == "stop":
+            # Ollama's way for format on a thinking model (spec 2.10): think unconstrained; when thinking
+            # ends (the close tag, or the model's own end of turn), close the block and generate the answer
+            # under the constraint. The prompt plus the thinking is a prefix of the KV cache: only the close
+            # tag is evaluated again.
+            parser.feed(THINK_CLOSE)
+            tokens = tokenizer.encode(prompt.text + "".join(raw) + THINK_CLOSE + "\n")
+            left = sampling.num_predict - first.eval_count if sampling.num_predict >= 0 else -1
+            answer_grammar = self.grammar_for(model, turn, None)
+            async for ev in runner.generate(tokens, replace(sampling, num_predict=left), turn.logprobs,
+                                                   turn.top_logprobs, answer_grammar):
                 if isinstance(ev, DoneEvent):
                     done = ev
                     break
-                raw.append(ev.text)
                 delta = parser.feed(ev.text) if ev.text else Delta()
                 if delta or ev.logprobs:
                     yield ChatChunk(delta.content, delta.thinking, delta.tool_calls, ev.logprobs)
-            assert done is not None
             if done.reason == "error":
                 raise RunnerFailed(done.error or "generation failed")
-            first = done
-            if two_phase and done.reason == "stop":
-                # Ollama's way for format on a thinking model (spec 2.10): think unconstrained; when thinking
-                # ends (the close tag, or the model's own end of turn), close the block and generate the answer
-                # under the constraint. The prompt plus the thinking is a prefix of the KV cache: only the close
-                # tag is evaluated again.
-                parser.feed(THINK_CLOSE)
-                tokens = tokenizer.encode(prompt.text + "".join(raw) + THINK_CLOSE + "\n")
-                left = sampling.num_predict - first.eval_count if sampling.num_predict >= 0 else -1
-                answer_grammar = self.grammar_for(model, turn, None)
-                async for ev in loaded.runner.generate(tokens, replace(sampling, num_predict=left), turn.logprobs,
-                                                       turn.top_logprobs, answer_grammar):
-                    if isinstance(ev, DoneEvent):
-                        done = ev
-                        break
-                    delta = parser.feed(ev.text) if ev.text else Delta()
-                    if delta or ev.logprobs:
-                        yield ChatChunk(delta.content, delta.thinking, delta.tool_calls, ev.logprobs)
-                if done.reason == "error":
-                    raise RunnerFailed(done.error or "generation failed")
-            tail = parser.finish()
-            t_end = time.perf_counter_ns()
-            second = done if done is not first else None
-            metrics = Metrics(
-                total_duration=t_end - t0,
-                load_duration=t_loaded - t0,
-                prompt_eval_count=first.prompt_tokens,
-                prompt_eval_duration=first.prompt_eval_ns,
-                eval_count=first.eval_count + (second.eval_count if second else 0),
-                eval_duration=first.eval_ns + (second.eval_ns + second.prompt_eval_ns if second else 0),
-            )
-            yield ChatChunk(tail.content, tail.thinking, tail.tool_calls, (), True, done.reason, metrics,
-                            context=prompt.tokens + first.tokens + (second.tokens if second else ()))
+        tail = parser.finish()
+        t_end = time.perf_counter_ns()
+        second = done if done is not first else None
+        metrics = Metrics(
+            total_duration=t_end - t0,
+            load_duration=t_loaded - t0,
+            prompt_eval_count=first.prompt_tokens,
+            prompt_eval_duration=first.prompt_eval_ns,
+            eval_count=first.eval_count + (second.eval_count if second else 0),
+            eval_duration=first.eval_ns + (second.eval_ns + second.prompt_eval_ns if second else 0),
+        )
+        yield ChatChunk(tail.content, tail.thinking, tail.tool_calls, (), True, done.reason, metrics,
+                        context=prompt.tokens + first.tokens + (second.tokens if second else ()))
 
     # ---- helpers -----------------------------------------------------------------------------------------
     def parser_for(

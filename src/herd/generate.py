@@ -12,16 +12,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import cast
 
-from herd.chat import ChatChunk, ChatService, Metrics
-from herd.engine.protocol import DoneEvent, SamplingParams
-from herd.engine.runner import Runner
+from herd.chat import ChatChunk, ChatService
 from herd.engine.tokenizer import Tokenizer, get_tokenizer
-from herd.errors import CapabilityMissing, InvalidRequest, ModelNotFound, PromptTooLong, RunnerFailed
+from herd.errors import CapabilityMissing, InvalidRequest, ModelNotFound, PromptTooLong
 from herd.options import merge, sampling_params
-from herd.parsing.base import Delta, IncrementalParser
 from herd.prompt.builder import NUM_KEEP, PROMPT_TOO_LONG, THINK_OPEN, Encoder, RenderedPrompt, build_prompt
 from herd.registry.models import ResolvedModel
 from herd.registry.names import InvalidName, ModelName
@@ -101,9 +98,9 @@ class GenerateService:
         return think
 
     def turn_view(self, req: GenerateRequest, think: Think | None) -> ChatTurn:
-        """What ChatService's grammar and parser helpers read: format and thinking; generate has no tools."""
+        """What ChatService's generation reads: format, thinking and logprobs; generate has no tools."""
         return ChatTurn(model=req.model, messages=(), format=req.format, think=think, options=req.options,
-                        constrain_tools=False)
+                        logprobs=req.logprobs, top_logprobs=req.top_logprobs, constrain_tools=False)
 
     async def generate(self, req: GenerateRequest) -> AsyncIterator[ChatChunk]:
         t0 = time.perf_counter_ns()
@@ -133,9 +130,11 @@ class GenerateService:
             if req.debug_render_only:
                 yield ChatChunk(debug_prompt=prompt.text)
                 return
-            parser = chat.parser_for(model, turn, think, prompt.thinking_prefilled)
-            async for chunk in _complete(loaded.runner, prompt.tokens, sampling, req, grammar, parser, t0,
-                                         t_loaded):
+            async for chunk in chat.generate_turn(loaded.runner, model, turn, think, prompt, tokenizer, sampling,
+                                                  grammar, t0, t_loaded):
+                if chunk.done and req.raw:
+                    # Raw prompts return no context (Ollama): they were never part of a templated conversation.
+                    chunk = replace(chunk, context=())
                 yield chunk
 
     # ---- prompt ------------------------------------------------------------------------------------------
@@ -198,33 +197,3 @@ def _fit(text: str, tokens: tuple[int, ...], num_ctx: int, truncate: bool, think
     prefilled = think is not None and think.enabled and text.rstrip().endswith(THINK_OPEN)
     return RenderedPrompt(text, tokens, prefilled)
 
-
-async def _complete(runner: Runner, tokens: tuple[int, ...], sampling: SamplingParams, req: GenerateRequest,
-                    grammar: str | None, parser: IncrementalParser, t0: int, t_loaded: int
-                    ) -> AsyncIterator[ChatChunk]:
-    """The runner's events as chunks; the same steps as ChatService.chat's loop, plus the returned context."""
-    stream = runner.generate(tokens, sampling, req.logprobs, req.top_logprobs, grammar)
-    done: DoneEvent | None = None
-    async for ev in stream:
-        if isinstance(ev, DoneEvent):
-            done = ev
-            break
-        delta = parser.feed(ev.text) if ev.text else Delta()
-        if delta or ev.logprobs:
-            yield ChatChunk(delta.content, delta.thinking, delta.tool_calls, ev.logprobs)
-    assert done is not None
-    if done.reason == "error":
-        raise RunnerFailed(done.error or "generation failed")
-    tail = parser.finish()
-    t_end = time.perf_counter_ns()
-    metrics = Metrics(
-        total_duration=t_end - t0,
-        load_duration=t_loaded - t0,
-        prompt_eval_count=done.prompt_tokens,
-        prompt_eval_duration=done.prompt_eval_ns,
-        eval_count=done.eval_count,
-        eval_duration=done.eval_ns,
-    )
-    # Raw prompts return no context (Ollama): they were never part of a templated conversation.
-    context = () if req.raw else tokens + done.tokens
-    yield ChatChunk(tail.content, tail.thinking, tail.tool_calls, (), True, done.reason, metrics, context=context)
