@@ -136,7 +136,8 @@ def stream_chats(url: str, bodies: list[dict[str, object]]) -> list[tuple[float,
 
     host, port = url.removeprefix("http://").split(":")
     sel = selectors.DefaultSelector()
-    states = []
+    socks: list[socket.socket] = []
+    states: list[dict[str, object]] = []
     t0 = time.perf_counter()
     for i, body in enumerate(bodies):
         payload = json.dumps(body).encode()
@@ -144,36 +145,49 @@ def stream_chats(url: str, bodies: list[dict[str, object]]) -> list[tuple[float,
         sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (host.encode(), len(payload)) + payload)
         sel.register(sock, selectors.EVENT_READ, i)
-        states.append({"buf": b"", "first": 0.0, "last": 0.0, "n": 0})
-    open_socks = len(bodies)
-    while open_socks:
-        for key, _ in sel.select():
-            st = states[key.data]
-            data = key.fileobj.recv(65536)  # type: ignore[union-attr]
-            if not data:
+        socks.append(sock)
+        states.append({"parts": [], "first": 0.0, "last": 0.0, "n": 0})
+
+    def take(st: dict[str, object], data: bytes) -> None:
+        count = data.count(b'"done":false')
+        if count:
+            now = time.perf_counter()
+            st["first"] = st["first"] or now
+            st["last"] = now
+            st["n"] += count  # type: ignore[operator]
+        st["parts"].append(data)  # type: ignore[attr-defined]
+
+    if len(socks) == 1:
+        # One stream: a blocking recv loop, one system call per arrival instead of a poll and a read.
+        sel.close()
+        while data := socks[0].recv(65536):
+            take(states[0], data)
+        socks[0].close()
+    else:
+        open_socks = len(socks)
+        while open_socks:
+            for key, _ in sel.select():
+                data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                if data:
+                    take(states[key.data], data)
+                    continue
                 sel.unregister(key.fileobj)
                 key.fileobj.close()  # type: ignore[union-attr]
                 open_socks -= 1
-                continue
-            count = data.count(b'"done":false')
-            if count:
-                now = time.perf_counter()
-                st["first"] = st["first"] or now
-                st["last"] = now
-            st["n"] += count
-            st["buf"] += data
+        sel.close()
     out = []
     for st in states:
-        raw = st["buf"]
+        raw = b"".join(st["parts"])  # type: ignore[arg-type]
         # Chunked transfer encoding: the final JSON line is the last line that parses.
         final: dict[str, object] = {}
         for line in reversed(raw.split(b"\n")):
             if line.startswith(b"{") and b'"done":true' in line:
                 final = json.loads(line)
                 break
-        span = st["last"] - st["first"]
-        rate = (st["n"] - 1) / span if st["n"] > 1 and span > 0 else 0.0
-        out.append((st["first"] - t0, st["n"], final, rate))
+        span = st["last"] - st["first"]  # type: ignore[operator]
+        n = st["n"]
+        rate = (n - 1) / span if n > 1 and span > 0 else 0.0  # type: ignore[operator]
+        out.append((st["first"] - t0, n, final, rate))  # type: ignore[operator]
     return out
 
 

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from herd.errors import HerdError, RequestCancelled
 
@@ -21,8 +22,8 @@ T = TypeVar("T")
 NDJSON = "application/x-ndjson"
 
 
-def dumps(doc: object) -> str:
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+# One encoder, built once: json.dumps with options builds a new JSONEncoder per call, and this runs per token.
+dumps: Callable[[object], str] = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 async def stream_response(
@@ -48,22 +49,57 @@ async def stream_response(
             return on_error_before(exc)
         raise
 
-    async def body() -> AsyncIterator[str]:
+    return LineStream(first, chunks, encode, on_error, trailer, media_type)
+
+
+class LineStream(Response):
+    """Starlette's StreamingResponse with one layer less per chunk: each chunk is encoded and sent here, not passed
+    through a generator of text first. As there, the client's disconnect cancels the stream."""
+
+    def __init__(self, first: str, chunks: AsyncIterator[T], encode: Callable[[T], str | None],
+                 on_error: Callable[[HerdError | Exception], str], trailer: str | None, media_type: str) -> None:
+        self.status_code = 200
+        self.media_type = media_type
+        self.background = None
+        self.init_headers(None)
+        self._first, self._chunks, self._encode, self._on_error, self._trailer = first, chunks, encode, on_error, trailer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = asyncio.ensure_future(self._stream(send))
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
         try:
-            if first:
-                yield first
+            await asyncio.wait((stream, watcher), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not stream.done():
+                stream.cancel()  # the client went away (or we are cancelled): stop generating at once
+            try:
+                await stream
+            except asyncio.CancelledError:
+                pass
+
+    async def _stream(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        chunks, encode = self._chunks, self._encode
+        try:
+            if self._first:
+                await send({"type": "http.response.body", "body": self._first.encode(), "more_body": True})
             async for chunk in chunks:
                 text = encode(chunk)
                 if text:
-                    yield text
-            if trailer:
-                yield trailer
+                    await send({"type": "http.response.body", "body": text.encode(), "more_body": True})
+            if self._trailer:
+                await send({"type": "http.response.body", "body": self._trailer.encode(), "more_body": True})
         except Exception as exc:  # after headers: the error goes into the stream, and the stream ends
-            yield on_error(exc)
+            await send({"type": "http.response.body", "body": self._on_error(exc).encode(), "more_body": True})
         finally:
             await _close(chunks)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    return StreamingResponse(body(), media_type=media_type)
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _empty() -> AsyncIterator[T]:  # type: ignore[misc]

@@ -1,15 +1,18 @@
 """Server-side handle of one runner process: start it, send it work, route its events to waiting requests.
 
-A reader thread blocks on the pipe and hands each batch of events to the event loop. If the process dies, every
-request in flight gets a RunnerFailed at once and the runner reports itself dead, so the scheduler replaces it.
+The event loop reads the pipe itself and hands each batch of events to the requests waiting on it. If the process
+dies, every request in flight gets a RunnerFailed at once and the runner reports itself dead, so the scheduler
+replaces it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import multiprocessing as mp
 import os
+import pickle
 import threading
 from collections.abc import AsyncIterator
 from typing import Protocol
@@ -31,6 +34,32 @@ from herd.engine.protocol import (
 from herd.errors import RUNNER_STOPPED, RunnerFailed, ShuttingDown
 
 _ids = itertools.count(1)
+
+
+class _Inbox:
+    """Events for one request. asyncio.Queue does the same with several layers of Python per item, and this
+    runs once per token."""
+
+    __slots__ = ("items", "waiter")
+
+    def __init__(self) -> None:
+        self.items: collections.deque[object] = collections.deque()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: object) -> None:
+        self.items.append(item)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> object:
+        while not self.items:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.items.popleft()
 
 
 class Runner(Protocol):
@@ -61,9 +90,11 @@ class ProcessRunner:
         self._proc: mp.process.BaseProcess | None = None
         self._conn: mp.connection.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queues: dict[int, asyncio.Queue[object]] = {}
+        self._queues: dict[int, _Inbox] = {}
         self._status: asyncio.Future[StatusEvent] | None = None
         self._dead = False
+        self._fd = -1
+        self._rbuf = bytearray()  # the start of a message that has not fully arrived yet
         self._send_lock = threading.Lock()
 
     @property
@@ -92,11 +123,11 @@ class ProcessRunner:
             raise RunnerFailed(f"{RUNNER_STOPPED}: {ready.error}")
         self.memory_bytes = ready.memory_bytes
         # The event loop reads the pipe itself: no reader thread, so no thread hand-off or GIL ping-pong per token.
-        self._loop.add_reader(parent.fileno(), self._on_readable)
-        # uvloop (uvicorn's loop) switches the fd to non-blocking in add_reader. Connection.recv must then read a
-        # message larger than the pipe buffer (64 KiB: an embedding batch) in one go, or it fails half-way with
-        # BlockingIOError, which would look like a dead runner. Readiness comes from the loop either way; a
-        # blocking recv only waits for the rest of a message the worker is already writing.
+        self._fd = parent.fileno()
+        self._loop.add_reader(self._fd, self._on_readable)
+        # uvloop (uvicorn's loop) switches the fd to non-blocking in add_reader. The same fd carries commands the
+        # other way: a large one (a long prompt) must wait for room in the pipe rather than fail half-written, which
+        # would look like a dead runner. Reads are safe blocking too: the loop calls us only when data is there.
         os.set_blocking(parent.fileno(), True)
 
     def _recv_ready(self) -> Ready:
@@ -107,15 +138,40 @@ class ProcessRunner:
         return msg
 
     def _on_readable(self) -> None:
-        conn = self._conn
-        assert conn is not None
-        # One message per wake-up: the fd is level-triggered, so more data wakes us again, and this avoids
-        # Connection.poll(), which builds a new selector on every call (measurable at one call per token).
+        # One read per wake-up, with Connection's framing (a 4-byte big-endian length, then a pickle) undone here:
+        # Connection.recv costs two reads and a layer of Python per message, and this runs once per token.
         try:
-            self._dispatch(conn.recv())
-        except (EOFError, OSError):
+            data = os.read(self._fd, 1 << 16)
+        except InterruptedError:
+            return
+        except OSError:
+            data = b""
+        if not data:
             self._stop_reading()
             self._on_death()
+            return
+        if self._rbuf:
+            self._rbuf += data
+            buf: bytes | bytearray = self._rbuf
+        else:
+            buf = data
+        pos, end = 0, len(buf)
+        while end - pos >= 4:
+            size = int.from_bytes(buf[pos:pos + 4], "big", signed=True)
+            head = 4
+            if size < 0:  # Connection's header for messages of 2 GiB and more
+                if end - pos < 12:
+                    break
+                size, head = int.from_bytes(buf[pos + 4:pos + 12], "big"), 12
+            if end - pos - head < size:
+                break
+            self._dispatch(pickle.loads(buf[pos + head:pos + head + size]))
+            pos += head + size
+        # A message larger than one read (an embedding batch) is gathered over several wake-ups.
+        if pos == end:
+            self._rbuf = bytearray()
+        elif pos or buf is not self._rbuf:
+            self._rbuf = bytearray(buf[pos:])
 
     def _stop_reading(self) -> None:
         if self._loop is not None and self._conn is not None:
@@ -126,6 +182,11 @@ class ProcessRunner:
 
     def _dispatch(self, events: list[object]) -> None:
         for ev in events:
+            if type(ev) is tuple:  # a TextEvent, sent as a plain tuple (see protocol.TextEvent)
+                q = self._queues.get(ev[0])
+                if q is not None:
+                    q.put_nowait(TextEvent._make(ev))
+                continue
             if isinstance(ev, StatusEvent):
                 if self._status is not None and not self._status.done():
                     self._status.set_result(ev)
@@ -160,7 +221,7 @@ class ProcessRunner:
         self, tokens: tuple[int, ...], sampling: SamplingParams, logprobs: bool, top_logprobs: int, grammar: str | None
     ) -> AsyncIterator[TextEvent | DoneEvent]:
         req_id = next(_ids)
-        q: asyncio.Queue[object] = asyncio.Queue()
+        q = _Inbox()
         self._queues[req_id] = q
         finished = False
         try:
@@ -185,7 +246,7 @@ class ProcessRunner:
 
     async def embed(self, inputs: tuple[tuple[int, ...], ...]) -> EmbedEvent:
         req_id = next(_ids)
-        q: asyncio.Queue[object] = asyncio.Queue()
+        q = _Inbox()
         self._queues[req_id] = q
         try:
             self._send(EmbedCmd(req_id, inputs))

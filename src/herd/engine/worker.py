@@ -37,7 +37,6 @@ from herd.engine.protocol import (
     ShutdownCmd,
     StatusCmd,
     StatusEvent,
-    TextEvent,
     TokenLogprob,
     TopLogprob,
 )
@@ -334,7 +333,7 @@ class Worker:
         text = seq.decoder.decode(self.piece(token))
         out = seq.stop.feed(text) if text else ""
         if out or lp_entries:
-            self.events.append(TextEvent(seq.cmd.req_id, out, lp_entries))
+            self.events.append((seq.cmd.req_id, out, lp_entries))  # a TextEvent, as a plain tuple
         if seq.stop.stopped:
             self.finish(seq, "stop")
             return
@@ -370,7 +369,7 @@ class Worker:
         if reason != "cancel":
             tail += seq.stop.finish()
         if tail and reason not in ("cancel", "error"):
-            self.events.append(TextEvent(seq.cmd.req_id, tail))
+            self.events.append((seq.cmd.req_id, tail, ()))  # a TextEvent, as a plain tuple
         now = time.perf_counter_ns()
         t_first = seq.t_first or now
         self.events.append(
