@@ -1,7 +1,7 @@
 """One prompt (~20 tokens in, 128 out, temperature 0): raw llama.cpp's decode loop, then herd over HTTP.
 
 Prints decode tokens/s and time to first token for each, and the ratio herd/raw. Run with nothing else busy:
-    python bench/chat_bench.py [--runs 3]
+    python bench/chat_bench.py [--runs 8]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ MESSAGES = [{"role": "system", "content": ""},
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=8)
     args = ap.parse_args()
 
     server = HerdServer().start()
@@ -39,15 +39,20 @@ def main() -> None:
         body = {"model": MODEL, "messages": MESSAGES, "options": {"temperature": 0, "num_predict": N_OUT}}
         stream_chat(server.url, body)  # warm
         raw_rates, raw_ttft, herd_rates, herd_ttft, herd_server_rates, counts = [], [], [], [], [], []
-        for _ in range(args.runs):
-            ttft, rate = raw.run(prompt, N_OUT)
-            raw_ttft.append(ttft)
-            raw_rates.append(rate)
-            ttft, n, final, rate = stream_chats(server.url, [body])[0]
-            herd_ttft.append(ttft)
-            herd_rates.append(rate)
-            counts.append(n)
-            herd_server_rates.append(final["eval_count"] / final["eval_duration"] * 1e9)  # type: ignore[operator]
+        for i in range(args.runs):
+            # ABBA order: each side runs first in half of the pairs, so neither always inherits the other's
+            # after-effects (caches, the host's drift).
+            for side in (("raw", "herd") if i % 2 == 0 else ("herd", "raw")):
+                if side == "raw":
+                    ttft, rate = raw.run(prompt, N_OUT)
+                    raw_ttft.append(ttft)
+                    raw_rates.append(rate)
+                    continue
+                ttft, n, final, rate = stream_chats(server.url, [body])[0]
+                herd_ttft.append(ttft)
+                herd_rates.append(rate)
+                counts.append(n)
+                herd_server_rates.append(final["eval_count"] / final["eval_duration"] * 1e9)  # type: ignore[operator]
         raw.close()
     finally:
         server.stop()

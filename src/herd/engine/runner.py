@@ -13,6 +13,7 @@ import itertools
 import multiprocessing as mp
 import os
 import pickle
+import struct
 import threading
 from collections.abc import AsyncIterator
 from typing import Protocol
@@ -34,6 +35,9 @@ from herd.engine.protocol import (
 from herd.errors import RUNNER_STOPPED, RunnerFailed, ShuttingDown
 
 _ids = itertools.count(1)
+_HEADER = struct.Struct("!i")
+_new_tuple = tuple.__new__  # TextEvent from the plain tuple it travels as, without a Python-level call
+_LONG_HEADER = struct.Struct("!Q")
 
 
 class _Inbox:
@@ -95,6 +99,7 @@ class ProcessRunner:
         self._dead = False
         self._fd = -1
         self._rbuf = bytearray()  # the start of a message that has not fully arrived yet
+        self._need = 0  # bytes still missing from it
         self._send_lock = threading.Lock()
 
     @property
@@ -139,9 +144,10 @@ class ProcessRunner:
 
     def _on_readable(self) -> None:
         # One read per wake-up, with Connection's framing (a 4-byte big-endian length, then a pickle) undone here:
-        # Connection.recv costs two reads and a layer of Python per message, and this runs once per token.
+        # Connection.recv costs two reads and a layer of Python per message, and this runs once per token. A
+        # small read suits the usual message (tens of bytes); the rest of a large one is read in one go.
         try:
-            data = os.read(self._fd, 1 << 16)
+            data = os.read(self._fd, max(self._need, 4096))
         except InterruptedError:
             return
         except OSError:
@@ -156,17 +162,20 @@ class ProcessRunner:
         else:
             buf = data
         pos, end = 0, len(buf)
+        need = 0
         while end - pos >= 4:
-            size = int.from_bytes(buf[pos:pos + 4], "big", signed=True)
+            size = _HEADER.unpack_from(buf, pos)[0]
             head = 4
             if size < 0:  # Connection's header for messages of 2 GiB and more
                 if end - pos < 12:
                     break
-                size, head = int.from_bytes(buf[pos + 4:pos + 12], "big"), 12
+                size, head = _LONG_HEADER.unpack_from(buf, pos + 4)[0], 12
             if end - pos - head < size:
+                need = head + size - (end - pos)
                 break
             self._dispatch(pickle.loads(buf[pos + head:pos + head + size]))
             pos += head + size
+        self._need = need
         # A message larger than one read (an embedding batch) is gathered over several wake-ups.
         if pos == end:
             self._rbuf = bytearray()
@@ -185,7 +194,7 @@ class ProcessRunner:
             if type(ev) is tuple:  # a TextEvent, sent as a plain tuple (see protocol.TextEvent)
                 q = self._queues.get(ev[0])
                 if q is not None:
-                    q.put_nowait(TextEvent._make(ev))
+                    q.put_nowait(_new_tuple(TextEvent, ev))
                 continue
             if isinstance(ev, StatusEvent):
                 if self._status is not None and not self._status.done():
