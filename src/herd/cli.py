@@ -10,7 +10,7 @@ from datetime import datetime
 import httpx
 
 from herd import cli_models
-from herd.cli_client import client, error_of, fail, stream_lines
+from herd.cli_client import CliError, check, client, fail, stream_lines
 from herd.config import Settings
 
 # ---- verbs ---------------------------------------------------------------------------------------------------
@@ -26,10 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _chat(c: httpx.Client, model: str, messages: list[dict[str, str]], out: list[str]) -> None:
     body = {"model": model, "messages": messages, "stream": True}
     with c.stream("POST", "/api/chat", json=body) as resp:
-        if resp.status_code >= 400:
-            resp.read()
-            raise RuntimeError(error_of(resp))
-        for doc in stream_lines(resp):
+        for doc in stream_lines(check(resp)):
             msg = doc.get("message") or {}
             piece = str(msg.get("content", "")) if isinstance(msg, dict) else ""
             out.append(piece)
@@ -43,16 +40,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not prompt and not sys.stdin.isatty():
         prompt = sys.stdin.read()
     with client() as c:
-        try:
-            resp = c.post("/api/chat", json={"model": args.model, "messages": [], "stream": False})
-            if resp.status_code >= 400:
-                return fail(error_of(resp))
-            if prompt:
-                _chat(c, args.model, [{"role": "user", "content": prompt}], [])
-                return 0
-            return repl(c, args.model)
-        except (httpx.HTTPError, RuntimeError) as exc:
-            return fail(str(exc))
+        check(c.post("/api/chat", json={"model": args.model, "messages": [], "stream": False}))
+        if prompt:
+            _chat(c, args.model, [{"role": "user", "content": prompt}], [])
+            return 0
+        return repl(c, args.model)
 
 
 def repl(c: httpx.Client, model: str) -> int:
@@ -111,12 +103,7 @@ def _table(rows: list[list[str]], headers: list[str]) -> None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     with client() as c:
-        try:
-            resp = c.get("/api/tags")
-        except httpx.HTTPError as exc:
-            return fail(str(exc))
-        if resp.status_code >= 400:
-            return fail(error_of(resp))
+        resp = check(c.get("/api/tags"))
         rows = [[m["name"], m["digest"][:12], _human_size(m["size"]), _ago(m["modified_at"])]
                 for m in resp.json()["models"]]
         _table(rows, ["NAME", "ID", "SIZE", "MODIFIED"])
@@ -125,12 +112,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_ps(args: argparse.Namespace) -> int:
     with client() as c:
-        try:
-            resp = c.get("/api/ps")
-        except httpx.HTTPError as exc:
-            return fail(str(exc))
-        if resp.status_code >= 400:
-            return fail(error_of(resp))
+        resp = check(c.get("/api/ps"))
         rows = []
         for m in resp.json()["models"]:
             expires = m["expires_at"]
@@ -143,13 +125,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     with client() as c:
-        try:
-            resp = c.post("/api/show", json={"model": args.model})
-        except httpx.HTTPError as exc:
-            return fail(str(exc))
-        if resp.status_code >= 400:
-            return fail(error_of(resp))
-        doc = resp.json()
+        doc = check(c.post("/api/show", json={"model": args.model})).json()
         if args.modelfile:
             print(doc["modelfile"])
             return 0
@@ -180,15 +156,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     with client() as c:
-        try:
-            resp = c.post("/api/generate", json={"model": args.model, "prompt": "", "keep_alive": 0, "stream": False})
-            if resp.status_code == 404 and "page not found" in resp.text:
-                resp = c.post("/api/chat", json={"model": args.model, "messages": [], "keep_alive": 0,
-                                                  "stream": False})
-        except httpx.HTTPError as exc:
-            return fail(str(exc))
-        if resp.status_code >= 400:
-            return fail(error_of(resp))
+        resp = c.post("/api/generate", json={"model": args.model, "prompt": "", "keep_alive": 0, "stream": False})
+        if resp.status_code == 404 and "page not found" in resp.text:
+            resp = c.post("/api/chat", json={"model": args.model, "messages": [], "keep_alive": 0, "stream": False})
+        check(resp)
     return 0
 
 
@@ -240,7 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, httpx.HTTPError) as exc:
+        return fail(str(exc))
 
 
 if __name__ == "__main__":

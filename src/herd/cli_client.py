@@ -26,6 +26,18 @@ def client() -> httpx.Client:
     return httpx.Client(base_url=base_url(), timeout=httpx.Timeout(None, connect=5.0))
 
 
+class CliError(Exception):
+    """A failure a verb reports as `Error: <message>` with exit status 1 (main() prints it)."""
+
+
+def check(resp: httpx.Response) -> httpx.Response:
+    """The response, or CliError with the server's message for an error status (a streamed body is read first)."""
+    if resp.status_code >= 400:
+        resp.read()
+        raise CliError(error_of(resp))
+    return resp
+
+
 def fail(message: str) -> int:
     print(f"Error: {message}", file=sys.stderr)
     return 1
@@ -43,5 +55,5 @@ def stream_lines(resp: httpx.Response) -> Iterator[dict[str, object]]:
         if line.strip():
             doc = json.loads(line)
             if "error" in doc:
-                raise RuntimeError(str(doc["error"]))
+                raise CliError(str(doc["error"]))
             yield doc

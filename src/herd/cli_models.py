@@ -10,7 +10,7 @@ from typing import Self
 
 import httpx
 
-from herd.cli_client import client, error_of, fail, stream_lines
+from herd.cli_client import CliError, check, client, stream_lines
 
 
 class _ProgressView:
@@ -50,17 +50,9 @@ class _ProgressView:
 
 
 def _stream_progress(c: httpx.Client, path: str, body: dict[str, object]) -> int:
-    with _ProgressView() as view:
-        try:
-            with c.stream("POST", path, json={**body, "stream": True}) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    raise RuntimeError(error_of(resp))
-                for doc in stream_lines(resp):
-                    view.show(doc)
-        except (httpx.HTTPError, RuntimeError) as exc:
-            view.bars.stop()
-            return fail(str(exc))
+    with _ProgressView() as view, c.stream("POST", path, json={**body, "stream": True}) as resp:
+        for doc in stream_lines(check(resp)):
+            view.show(doc)
     return 0
 
 
@@ -86,7 +78,7 @@ def _upload_blob(c: httpx.Client, path: Path) -> str:
         if head.status_code == 200:
             return digest
         if head.status_code != 404:
-            raise RuntimeError(error_of(head))
+            check(head)
         size = path.stat().st_size
 
         def body() -> Iterator[bytes]:
@@ -97,9 +89,7 @@ def _upload_blob(c: httpx.Client, path: Path) -> str:
                     view.bar(f"upload:{digest}", f"copying file {digest}", size, sent)
                     yield chunk
 
-        resp = c.post(f"/api/blobs/{digest}", content=body())
-        if resp.status_code >= 400:
-            raise RuntimeError(error_of(resp))
+        check(c.post(f"/api/blobs/{digest}", content=body()))
     return digest
 
 
@@ -111,11 +101,11 @@ def _create_body(args: argparse.Namespace, c: httpx.Client) -> dict[str, object]
     try:
         mf = parse_modelfile(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise RuntimeError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
     except HerdError as exc:
-        raise RuntimeError(exc.message) from None
+        raise CliError(exc.message) from None
     if mf.adapters:
-        raise RuntimeError("adapters (LoRA) are not supported by herd")
+        raise CliError("adapters (LoRA) are not supported by herd")
     body: dict[str, object] = {"model": args.model}
     # FROM a path is relative to the Modelfile, as in `ollama create`; anything that is not a file is a model name.
     assert mf.from_ is not None
@@ -128,7 +118,7 @@ def _create_body(args: argparse.Namespace, c: httpx.Client) -> dict[str, object]
         wanted = [p for p in sorted(source.rglob("*")) if p.is_file() and not p.name.startswith(".")
                   and (p.suffix in (".safetensors", ".json") or p.name == "vocab.txt")]
         if not any(p.suffix == ".safetensors" for p in wanted):
-            raise RuntimeError(f"no .safetensors files in {source}")
+            raise CliError(f"no .safetensors files in {source}")
         body["files"] = {p.relative_to(source).as_posix(): _upload_blob(c, p) for p in wanted}
     elif source.is_file():
         body["files"] = {source.name: _upload_blob(c, source)}
@@ -151,11 +141,7 @@ def _create_body(args: argparse.Namespace, c: httpx.Client) -> dict[str, object]
 
 def cmd_create(args: argparse.Namespace) -> int:
     with client() as c:
-        try:
-            body = _create_body(args, c)
-        except (httpx.HTTPError, RuntimeError) as exc:
-            return fail(str(exc))
-        return _stream_progress(c, "/api/create", body)
+        return _stream_progress(c, "/api/create", _create_body(args, c))
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -170,12 +156,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_cp(args: argparse.Namespace) -> int:
     with client() as c:
-        try:
-            resp = c.post("/api/copy", json={"source": args.source, "destination": args.destination})
-        except httpx.HTTPError as exc:
-            return fail(str(exc))
-        if resp.status_code >= 400:
-            return fail(error_of(resp))
+        check(c.post("/api/copy", json={"source": args.source, "destination": args.destination}))
     print(f"copied '{args.source}' to '{args.destination}'")
     return 0
 
@@ -183,11 +164,6 @@ def cmd_cp(args: argparse.Namespace) -> int:
 def cmd_rm(args: argparse.Namespace) -> int:
     with client() as c:
         for name in args.models:
-            try:
-                resp = c.request("DELETE", "/api/delete", json={"model": name})
-            except httpx.HTTPError as exc:
-                return fail(str(exc))
-            if resp.status_code >= 400:
-                return fail(error_of(resp))
+            check(c.request("DELETE", "/api/delete", json={"model": name}))
             print(f"deleted '{name}'")
     return 0
