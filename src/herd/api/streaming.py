@@ -62,7 +62,8 @@ class LineStream(Response):
         self.media_type = media_type
         self.background = None
         self.init_headers(None)
-        self._first, self._chunks, self._encode, self._on_error, self._trailer = first, chunks, encode, on_error, trailer
+        self._first, self._chunks, self._encode = first, chunks, encode
+        self._on_error, self._trailer = on_error, trailer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream = asyncio.ensure_future(self._stream(send))

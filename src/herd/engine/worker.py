@@ -27,6 +27,7 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
+from herd.engine.embedding import EMBED_MAX_SEQS, Embedder, put_token
 from herd.engine.protocol import (
     CancelCmd,
     DoneEvent,
@@ -46,8 +47,6 @@ from herd.parsing.stop import StopMatcher
 # While others decode, a prefilling sequence adds at most this many prompt tokens per step, so each step (and so
 # every other stream's next token) stays short. Alone, it uses the whole num_batch.
 INTERLEAVED_PREFILL_CHUNK = 64
-# Inputs of one embedding request decoded together, at most (each is a sequence of the same llama_batch).
-EMBED_MAX_SEQS = 16
 
 
 @dataclass
@@ -111,7 +110,7 @@ class Worker:
         cp.no_perf = True
         if spec.embedding:
             cp.embeddings = True
-            # An embedding runner packs several short inputs into one decode, one sequence each (see embed()),
+            # An embedding runner packs several short inputs into one decode, one sequence each (engine/embedding.py),
             # and they share one pool of num_ctx cells. Packing changes float summation order a little, so a
             # text's vector may differ in the last bits with its batch; chat runners keep their own streams.
             cp.n_seq_max = EMBED_MAX_SEQS
@@ -122,6 +121,8 @@ class Worker:
         self.mem = L.llama_get_memory(self.ctx)
         self.n_batch = cp.n_batch
         self.batch = L.llama_batch_init(self.n_batch, 0, 1)
+        self.embedder = Embedder(L, self.model, self.ctx, self.batch, self.n_batch, spec.num_ctx) if spec.embedding \
+            else None
         self.slots = [Slot(i) for i in range(n_par)]
         self.waiting: deque[GenerateCmd] = deque()
         self.active: dict[int, Sequence] = {}
@@ -267,12 +268,7 @@ class Worker:
         decoding = [s for s in self.active.values() if s.next_token is not None]
         prefilling = [s for s in self.active.values() if s.next_token is None and s.pending]
         for seq in decoding:
-            pos = len(seq.slot.tokens)
-            batch.token[n] = seq.next_token
-            batch.pos[n] = pos
-            batch.n_seq_id[n] = 1
-            batch.seq_id[n][0] = seq.slot.seq_id
-            batch.logits[n] = 1
+            put_token(batch, n, seq.next_token, len(seq.slot.tokens), seq.slot.seq_id, True)  # type: ignore[arg-type]
             seq.slot.tokens.append(seq.next_token)  # type: ignore[arg-type]
             seq.next_token = None
             seq.batch_index = n
@@ -287,11 +283,7 @@ class Worker:
             pos = len(seq.slot.tokens)
             chunk = seq.pending[:take]
             for j, tok in enumerate(chunk):
-                batch.token[n] = tok
-                batch.pos[n] = pos + j
-                batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = seq.slot.seq_id
-                batch.logits[n] = 0
+                put_token(batch, n, tok, pos + j, seq.slot.seq_id, False)
                 n += 1
             seq.slot.tokens.extend(chunk)
             del seq.pending[:take]
@@ -407,115 +399,15 @@ class Worker:
 
     # ---- embeddings --------------------------------------------------------------------------------------
     def embed(self, cmd: EmbedCmd) -> None:
-        """One raw (not normalised) vector per input; the server normalises, as /api/embed and the legacy
-        /api/embeddings differ there. Inputs arrive already fitted to num_ctx by the server.
-
-        Short inputs are packed into one decode, one sequence each (up to EMBED_MAX_SEQS, and as many tokens as
-        one ubatch and the cache hold): one decode of many texts costs far less than one decode per text.
-        A model with a pooling type (BERT-style embedding models) gives one pooled vector per sequence; each input
-        must then fit one ubatch (non-causal attention, and pooling sees only the last ubatch), so the server loads
-        embedding runners with num_batch = num_ctx. A causal chat model has no pooling: we average its per-token
-        hidden states ourselves (mean pooling), and a long input is decoded alone, chunk after chunk. Ollama's
-        runner takes the last token's state instead; for a model never trained to embed, the mean is the steadier
-        summary of the text.
-        """
-        L = self.L
-        total = 0
+        """One raw vector per input (see engine/embedding.py); a failure fails this request only."""
+        total = sum(len(t) for t in cmd.inputs)
+        if self.embedder is None:
+            self.events.append(EmbedEvent(cmd.req_id, (), total, error="this runner was not loaded for embeddings"))
+            return
         try:
-            if not self.spec.embedding:
-                raise RuntimeError("this runner was not loaded for embeddings")
-            n_embd = L.llama_model_n_embd(self.model)
-            pooled = L.llama_pooling_type(self.ctx) != L.LLAMA_POOLING_TYPE_NONE
-            cap = min(self.n_batch, self.spec.num_ctx)  # tokens per decode: one ubatch, within the cache
-            vectors: list[tuple[float, ...] | None] = [None] * len(cmd.inputs)
-            group: list[int] = []  # indices of the inputs packed into the next decode
-            used = 0
-
-            def flush() -> None:
-                nonlocal used
-                if group:
-                    for i, vec in zip(group, self._embed_packed([cmd.inputs[i] for i in group], pooled, n_embd)):
-                        vectors[i] = vec
-                group.clear()
-                used = 0
-
-            for i, tokens in enumerate(cmd.inputs):
-                total += len(tokens)
-                if not tokens:
-                    # Nothing to decode (an empty string on a model that adds no BOS): the zero vector.
-                    vectors[i] = (0.0,) * n_embd
-                elif len(tokens) > cap:
-                    if pooled:
-                        raise RuntimeError("the input length exceeds the context length")
-                    vectors[i] = self._embed_long(tokens, cap, n_embd)
-                else:
-                    if used + len(tokens) > cap or len(group) == EMBED_MAX_SEQS:
-                        flush()
-                    group.append(i)
-                    used += len(tokens)
-            flush()
-            self.events.append(EmbedEvent(cmd.req_id, tuple(v for v in vectors if v is not None), total))
+            self.events.append(EmbedEvent(cmd.req_id, self.embedder.embed(cmd.inputs), total))
         except Exception as exc:
             self.events.append(EmbedEvent(cmd.req_id, (), total, error=str(exc)))
-        finally:
-            # Forget the cells; their data need not be zeroed (masked out, and a memset of the whole cache per
-            # request would cost more than embedding a short text).
-            L.llama_memory_clear(self.mem, False)
-
-    def _embed_packed(self, inputs: list[tuple[int, ...]], pooled: bool, n_embd: int) -> list[tuple[float, ...]]:
-        L = self.L
-        L.llama_memory_clear(self.mem, False)
-        batch = self.batch
-        n = 0
-        for seq, tokens in enumerate(inputs):
-            for pos, tok in enumerate(tokens):
-                batch.token[n] = tok
-                batch.pos[n] = pos
-                batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = seq
-                batch.logits[n] = 1  # every token is an output: pooling (ours or llama.cpp's) reads all of them
-                n += 1
-        batch.n_tokens = n
-        if L.llama_decode(self.ctx, batch) != 0:
-            raise RuntimeError("llama_decode failed")
-        out = []
-        if pooled:
-            for seq in range(len(inputs)):
-                ptr = L.llama_get_embeddings_seq(self.ctx, seq)
-                if not ptr:
-                    raise RuntimeError("the model produced no pooled embedding")
-                out.append(tuple(float(x) for x in np.ctypeslib.as_array(ptr, shape=(n_embd,))))
-            return out
-        # With pooling NONE the context keeps every output token's hidden state, in batch order.
-        states = np.ctypeslib.as_array(L.llama_get_embeddings(self.ctx), shape=(n * n_embd,)).reshape(n, n_embd)
-        start = 0
-        for tokens in inputs:
-            rows = states[start:start + len(tokens)]
-            out.append(tuple(float(x) for x in rows.mean(axis=0, dtype=np.float64)))
-            start += len(tokens)
-        return out
-
-    def _embed_long(self, tokens: tuple[int, ...], cap: int, n_embd: int) -> tuple[float, ...]:
-        """Mean pooling of an input longer than one decode: the causal cache carries the earlier chunks."""
-        L = self.L
-        L.llama_memory_clear(self.mem, False)
-        acc = np.zeros(n_embd, dtype=np.float64)
-        batch = self.batch
-        for start in range(0, len(tokens), cap):
-            chunk = tokens[start:start + cap]
-            for j, tok in enumerate(chunk):
-                batch.token[j] = tok
-                batch.pos[j] = start + j
-                batch.n_seq_id[j] = 1
-                batch.seq_id[j][0] = 0
-                batch.logits[j] = 1
-            batch.n_tokens = len(chunk)
-            if L.llama_decode(self.ctx, batch) != 0:
-                raise RuntimeError("llama_decode failed")
-            ptr = L.llama_get_embeddings(self.ctx)
-            acc += np.ctypeslib.as_array(ptr, shape=(len(chunk) * n_embd,)).reshape(len(chunk), n_embd).sum(
-                axis=0, dtype=np.float64)
-        return tuple(float(x) for x in acc / len(tokens))
 
     # ---- main loop ---------------------------------------------------------------------------------------
     def run(self) -> None:
