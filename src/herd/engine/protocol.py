@@ -3,8 +3,20 @@ once per token (TextEvent), which travels as a plain tuple: see `TextEvent`."""
 
 from __future__ import annotations
 
+import pickle
+import struct
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+# Runner messages are framed as multiprocessing.Connection frames them (a 4-byte big-endian length, then the pickle),
+# so the Ready that runner_main sends with Connection.send reads the same way. Both sides frame by hand: Connection's
+# send and recv cost extra reads and layers of Python, once per token. Messages of 2 GiB or more are refused.
+FRAME_HEADER = struct.Struct("!i")
+
+
+def frame(message: object) -> bytes:
+    payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    return FRAME_HEADER.pack(len(payload)) + payload
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ import itertools
 import multiprocessing as mp
 import os
 import pickle
-import struct
 import threading
 from collections.abc import AsyncIterator
 from typing import Protocol
 
 from herd.engine.protocol import (
+    FRAME_HEADER,
     CancelCmd,
     DoneEvent,
     EmbedCmd,
@@ -35,9 +35,7 @@ from herd.engine.protocol import (
 from herd.errors import RUNNER_STOPPED, RunnerFailed, ShuttingDown
 
 _ids = itertools.count(1)
-_HEADER = struct.Struct("!i")
 _new_tuple = tuple.__new__  # TextEvent from the plain tuple it travels as, without a Python-level call
-_LONG_HEADER = struct.Struct("!Q")
 
 
 class _Inbox:
@@ -143,9 +141,8 @@ class ProcessRunner:
         return msg
 
     def _on_readable(self) -> None:
-        # One read per wake-up, with Connection's framing (a 4-byte big-endian length, then a pickle) undone here:
-        # Connection.recv costs two reads and a layer of Python per message, and this runs once per token. A
-        # small read suits the usual message (tens of bytes); the rest of a large one is read in one go.
+        # One read per wake-up, frames undone here (protocol.frame). A small read suits the usual message (tens of
+        # bytes); the rest of a large one is read in one go.
         try:
             data = os.read(self._fd, max(self._need, 4096))
         except InterruptedError:
@@ -163,13 +160,9 @@ class ProcessRunner:
             buf = data
         pos, end = 0, len(buf)
         need = 0
-        while end - pos >= 4:
-            size = _HEADER.unpack_from(buf, pos)[0]
-            head = 4
-            if size < 0:  # Connection's header for messages of 2 GiB and more
-                if end - pos < 12:
-                    break
-                size, head = _LONG_HEADER.unpack_from(buf, pos + 4)[0], 12
+        head = FRAME_HEADER.size
+        while end - pos >= head:
+            size = FRAME_HEADER.unpack_from(buf, pos)[0]
             if end - pos - head < size:
                 need = head + size - (end - pos)
                 break

@@ -15,7 +15,6 @@ from __future__ import annotations
 import codecs
 import ctypes
 import os
-import pickle
 import random
 import select
 import sys
@@ -41,6 +40,7 @@ from herd.engine.protocol import (
     StatusEvent,
     TokenLogprob,
     TopLogprob,
+    frame,
 )
 from herd.parsing.stop import StopMatcher
 
@@ -431,15 +431,13 @@ class Worker:
                 self.step()
             if self.events:
                 events, self.events = self.events, []
-                _send_framed(fd, pickle.dumps(events, pickle.HIGHEST_PROTOCOL))
+                _write_all(fd, frame(events))
 
 
-def _send_framed(fd: int, payload: bytes) -> None:
-    """What Connection.send writes (a 4-byte big-endian length, then the pickle), without its layers of Python:
-    this runs once per decode step."""
-    data = memoryview(len(payload).to_bytes(4, "big") + payload)
-    while data:
-        data = data[os.write(fd, data):]
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def runner_main(conn: Connection, spec: LoadSpec) -> None:
