@@ -143,19 +143,22 @@ class Worker:
             self._piece_cache[token] = cached
         return cached
 
-    def greedy_only(self, cmd: GenerateCmd) -> bool:
-        """Whether make_sampler's chain is the greedy sampler and nothing else."""
+    def penalty_window(self, cmd: GenerateCmd) -> int:
+        """How many recent tokens the penalties look at; 0 when no penalty is on."""
         s = cmd.sampling
         last_n = self.spec.num_ctx if s.repeat_last_n < 0 else s.repeat_last_n
-        penalties = last_n and (s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty)
-        return s.temperature <= 0 and not penalties
+        return last_n if s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty else 0
+
+    def greedy_only(self, cmd: GenerateCmd) -> bool:
+        """Whether make_sampler's chain is the greedy sampler and nothing else."""
+        return cmd.sampling.temperature <= 0 and not self.penalty_window(cmd)
 
     def make_sampler(self, cmd: GenerateCmd) -> object:
         L = self.L
         s = cmd.sampling
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-        last_n = self.spec.num_ctx if s.repeat_last_n < 0 else s.repeat_last_n
-        if last_n and (s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty):
+        last_n = self.penalty_window(cmd)
+        if last_n:
             L.llama_sampler_chain_add(
                 chain,
                 L.llama_sampler_init_penalties(last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty),
