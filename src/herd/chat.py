@@ -152,7 +152,6 @@ class ChatService:
                                                   grammar, t0, t_loaded):
                 yield chunk
 
-
     async def generate_turn(
         self, runner: Runner, model: ResolvedModel, turn: ChatTurn, think: Think | None, prompt: RenderedPrompt,
         tokenizer: Tokenizer, sampling: SamplingParams, grammar: str | None, t0: int, t_loaded: int,
@@ -166,7 +165,7 @@ class ChatService:
         done: DoneEvent | None = None
         raw: list[str] = []
         async for ev in runner.generate(prompt.tokens, first_sampling, turn.logprobs, turn.top_logprobs,
-                                               first_grammar):
+                                        first_grammar):
             if isinstance(ev, DoneEvent):
                 done = ev
                 break
@@ -188,7 +187,7 @@ class ChatService:
             left = sampling.num_predict - first.eval_count if sampling.num_predict >= 0 else -1
             answer_grammar = self.grammar_for(model, turn, None)
             async for ev in runner.generate(tokens, replace(sampling, num_predict=left), turn.logprobs,
-                                                   turn.top_logprobs, answer_grammar):
+                                            turn.top_logprobs, answer_grammar):
                 if isinstance(ev, DoneEvent):
                     done = ev
                     break
