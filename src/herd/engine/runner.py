@@ -12,13 +12,15 @@ import collections
 import itertools
 import multiprocessing as mp
 import os
-import pickle
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Protocol
 
 from herd.engine.protocol import (
     FRAME_HEADER,
+    TEXT_FRAME,
+    TEXT_HEAD,
     CancelCmd,
     DoneEvent,
     EmbedCmd,
@@ -31,11 +33,14 @@ from herd.engine.protocol import (
     StatusCmd,
     StatusEvent,
     TextEvent,
+    loads_event,
 )
 from herd.errors import RUNNER_STOPPED, RunnerFailed, ShuttingDown
 
 _ids = itertools.count(1)
-_new_tuple = tuple.__new__  # TextEvent from the plain tuple it travels as, without a Python-level call
+_new_tuple = tuple.__new__  # TextEvent from a plain tuple, without a Python-level call
+_unpack_text = TEXT_HEAD.unpack_from
+_TEXT_HEAD_SIZE = TEXT_HEAD.size
 
 
 class _Inbox:
@@ -94,6 +99,8 @@ class ProcessRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queues: dict[int, _Inbox] = {}
         self._status: asyncio.Future[StatusEvent] | None = None
+        self.last_status: StatusEvent | None = None  # the runner's latest counters, and when they came
+        self.last_status_at = 0.0
         self._dead = False
         self._fd = -1
         self._rbuf = bytearray()  # the start of a message that has not fully arrived yet
@@ -104,7 +111,24 @@ class ProcessRunner:
     def alive(self) -> bool:
         return not self._dead and self._proc is not None and self._proc.is_alive()
 
+    @property
+    def in_flight(self) -> int:
+        """Requests with a command in the runner (generating, prefilling or waiting there for a slot)."""
+        return len(self._queues)
+
     async def start(self, timeout: float) -> None:
+        from herd.scheduler.memory import check_fits
+
+        # Before any process starts: a load that cannot fit in memory is refused with Ollama's text.
+        await asyncio.to_thread(check_fits, self.spec)
+        try:
+            await self._start(timeout)
+        except BaseException:
+            # Cancelled (server shutdown) or failed: never leave a process loading that nobody holds.
+            self._kill()
+            raise
+
+    async def _start(self, timeout: float) -> None:
         from herd.engine.worker import runner_main
 
         ctx = mp.get_context("spawn")
@@ -135,7 +159,12 @@ class ProcessRunner:
 
     def _recv_ready(self) -> Ready:
         assert self._conn is not None
-        msg = self._conn.recv()
+        try:
+            msg = loads_event(self._conn.recv_bytes())
+        except EOFError:
+            raise
+        except Exception as exc:  # a frame that is not one of ours: the runner is not to be trusted
+            return Ready(False, error=f"bad message from runner: {exc}")
         if not isinstance(msg, Ready):
             return Ready(False, error=f"unexpected message {msg!r}")
         return msg
@@ -166,8 +195,34 @@ class ProcessRunner:
             if end - pos - head < size:
                 need = head + size - (end - pos)
                 break
-            self._dispatch(pickle.loads(buf[pos + head:pos + head + size]))
-            pos += head + size
+            start = pos + head
+            pos = start + size
+            if size and buf[start] == TEXT_FRAME:
+                # Text events only (protocol.frame): the usual frame, once per token, decoded without pickle.
+                queues, p = self._queues, start + 1
+                while p < pos:
+                    req_id, n = _unpack_text(buf, p)
+                    p += _TEXT_HEAD_SIZE
+                    q = queues.get(req_id)
+                    if q is not None:
+                        q.put_nowait(_new_tuple(TextEvent, (req_id, str(buf[p:p + n], "utf-8", "replace"), ())))
+                    p += n
+                continue
+            try:
+                events = loads_event(buf[start:pos])
+            except Exception:
+                # Not one of our messages: a runner that sends it cannot be trusted any more.
+                self._stop_reading()
+                self._kill()
+                self._on_death()
+                return
+            try:
+                self._dispatch(events)  # type: ignore[arg-type]
+            except Exception:  # allowed types in a shape we never send: the same distrust
+                self._stop_reading()
+                self._kill()
+                self._on_death()
+                return
         self._need = need
         # A message larger than one read (an embedding batch) is gathered over several wake-ups.
         if pos == end:
@@ -190,6 +245,7 @@ class ProcessRunner:
                     q.put_nowait(_new_tuple(TextEvent, ev))
                 continue
             if isinstance(ev, StatusEvent):
+                self.last_status, self.last_status_at = ev, time.monotonic()
                 if self._status is not None and not self._status.done():
                     self._status.set_result(ev)
                 continue
@@ -261,10 +317,21 @@ class ProcessRunner:
             self._queues.pop(req_id, None)
 
     async def status(self) -> StatusEvent:
+        return await asyncio.wait_for(asyncio.shield(self.request_status()), 10)
+
+    def request_status(self) -> asyncio.Future[StatusEvent]:
+        """Ask for fresh counters; every caller meanwhile shares the one question in flight. The runner answers
+        between two decode steps, so the answer may come late: views wait for it only briefly."""
         assert self._loop is not None
-        self._status = self._loop.create_future()
-        self._send(StatusCmd())
-        return await asyncio.wait_for(self._status, 10)
+        fut = self._status
+        if fut is None or fut.done():
+            fut = self._status = self._loop.create_future()
+            try:
+                self._send(StatusCmd())
+            except RunnerFailed as exc:
+                fut.set_exception(exc)
+                fut.exception()  # retrieved: nobody may be waiting
+        return fut
 
     def _kill(self) -> None:
         self._dead = True

@@ -47,6 +47,7 @@ from herd.parsing.stop import StopMatcher
 # While others decode, a prefilling sequence adds at most this many prompt tokens per step, so each step (and so
 # every other stream's next token) stays short. Alone, it uses the whole num_batch.
 INTERLEAVED_PREFILL_CHUNK = 64
+UNBOUNDED_PREDICT_CONTEXTS = 4
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Sequence:
     t_first: int = 0
     max_tokens: int = -1
     greedy: bool = False  # the chain is greedy alone: the token is the argmax of the logits
+    shifted: bool = False  # a context shift happened: KV after num_keep was computed over dropped tokens
 
 
 class Worker:
@@ -119,6 +121,7 @@ class Worker:
         if not self.ctx:
             raise RuntimeError("unable to create llama context")
         self.mem = L.llama_get_memory(self.ctx)
+        self.can_shift = bool(L.llama_memory_can_shift(self.mem))
         self.n_batch = cp.n_batch
         self.batch = L.llama_batch_init(self.n_batch, 0, 1)
         self.embedder = Embedder(L, self.model, self.ctx, self.batch, self.n_batch, spec.num_ctx) if spec.embedding \
@@ -161,7 +164,8 @@ class Worker:
         if last_n:
             L.llama_sampler_chain_add(
                 chain,
-                L.llama_sampler_init_penalties(last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty),
+                L.llama_sampler_init_penalties(self.n_vocab, last_n, s.repeat_penalty, s.frequency_penalty,
+                                               s.presence_penalty),
             )
         if s.temperature <= 0:
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
@@ -219,6 +223,11 @@ class Worker:
                 return
             cmd = self.waiting.popleft()
             tokens = list(cmd.tokens)
+            if not tokens or len(tokens) >= self.spec.num_ctx:
+                # The server refuses these before sending them; a runner never decodes a batch it cannot hold.
+                what = "prompt is empty" if not tokens else f"prompt of {len(tokens)} tokens does not fit num_ctx"
+                self.events.append(DoneEvent(cmd.req_id, "error", error=what))
+                continue
 
             def common(slot: Slot, tokens: list[int] = tokens) -> int:
                 n = 0
@@ -246,6 +255,9 @@ class Worker:
                 self.events.append(DoneEvent(cmd.req_id, "error", error=str(exc)))
                 continue
             max_tokens = cmd.sampling.num_predict
+            if max_tokens < 0:
+                # "Until stop" with context shift could run forever; like Ollama, bound it by a few contexts.
+                max_tokens = UNBOUNDED_PREDICT_CONTEXTS * self.spec.num_ctx
             seq = Sequence(
                 cmd=cmd,
                 slot=slot,
@@ -301,16 +313,42 @@ class Worker:
         batch.n_tokens = n
         rc = L.llama_decode(self.ctx, batch)
         if rc != 0:
-            # KV cache full or decode failure: end the sequences of this batch with an error, keep the runner.
-            for seq in decoding + prefilling:
-                seq.slot.tokens.clear()
-                L.llama_memory_seq_rm(self.mem, seq.slot.seq_id, 0, -1)
-                self.finish(seq, "error", error=f"llama_decode failed ({rc})")
+            self.decode_apart(decoding + prefilling, n, rc)
             return
         now = time.perf_counter_ns()
         for seq in decoding + prefilling:
             if seq.batch_index >= 0 and seq.cmd.req_id in self.active:
                 self.sample(seq, now)
+
+    def decode_apart(self, seqs: list[Sequence], n: int, rc: int) -> None:
+        """A batch failed to decode (llama.cpp then restores the KV cache as it was). Decode each sequence's part
+        on its own, so a failure one sequence causes (its KV cells ran out, say) ends that sequence with an
+        error while the others go on. Only on this rare path are the batch's entries copied out."""
+        L, batch = self.L, self.batch
+        entries = [(batch.token[i], batch.pos[i], batch.seq_id[i][0], batch.logits[i]) for i in range(n)]
+        for seq in seqs:
+            mine = [e for e in entries if e[2] == seq.slot.seq_id]
+            if not mine:
+                continue
+            out = -1
+            for i, (tok, pos, sid, logits) in enumerate(mine):
+                put_token(batch, i, tok, pos, sid, bool(logits))
+                if logits:
+                    out = i
+            batch.n_tokens = len(mine)
+            rc_one = L.llama_decode(self.ctx, batch) if len(seqs) > 1 else rc
+            if rc_one != 0:
+                # The slot's tokens must stay what its KV holds: drop the whole sequence's cells and tokens.
+                seq.slot.tokens.clear()
+                L.llama_memory_seq_rm(self.mem, seq.slot.seq_id, 0, -1)
+                bad = next((e[0] for e in mine if not 0 <= e[0] < self.n_vocab), None)
+                why = f"token {bad} is not in the model's vocabulary" if bad is not None else \
+                    f"llama_decode failed ({rc_one})"
+                self.finish(seq, "error", error=why)
+                continue
+            if seq.batch_index >= 0 and seq.cmd.req_id in self.active:
+                seq.batch_index = out
+                self.sample(seq, time.perf_counter_ns())
 
     def sample(self, seq: Sequence, now: int) -> None:
         L = self.L
@@ -354,10 +392,27 @@ class Worker:
         if 0 <= seq.max_tokens <= len(seq.generated):
             self.finish(seq, "length")
             return
-        if len(seq.slot.tokens) + 1 >= self.spec.num_ctx:
+        if len(seq.slot.tokens) + 1 >= self.spec.num_ctx and not self.shift_context(seq):
             self.finish(seq, "length")
             return
         seq.next_token = token
+
+    def shift_context(self, seq: Sequence) -> bool:
+        """Ollama's context shift (spec 2.7): keep the first num_keep tokens, drop half of the rest from the KV
+        cache and move the remainder down, so the generation goes on. False when it must stop instead."""
+        s = seq.cmd.sampling
+        tokens = seq.slot.tokens
+        keep = min(max(s.num_keep, 0), len(tokens) // 2)
+        discard = (len(tokens) - keep) // 2
+        if not s.shift or not self.can_shift or discard <= 0:
+            return False
+        L = self.L
+        sid = seq.slot.seq_id
+        L.llama_memory_seq_rm(self.mem, sid, keep, keep + discard)
+        L.llama_memory_seq_add(self.mem, sid, keep + discard, -1, -discard)
+        del tokens[keep : keep + discard]
+        seq.shifted = True
+        return True
 
     def logprob_entry(self, token: int, logprobs: np.ndarray, top: int) -> TokenLogprob:
         def item(tok: int) -> TopLogprob:
@@ -375,10 +430,9 @@ class Worker:
 
     def finish(self, seq: Sequence, reason: str, error: str = "", drop_last: bool = False) -> None:
         self.active.pop(seq.cmd.req_id, None)
-        tail = seq.decoder.decode(b"", final=True)
-        tail = seq.stop.feed(tail) if tail else ""
-        if reason != "cancel":
-            tail += seq.stop.finish()
+        # Bytes of a character the generation stopped inside of (num_predict, a stop, the end) stay in the
+        # decoder and are dropped, as Ollama drops them: the client never gets a U+FFFD the model did not write.
+        tail = seq.stop.finish() if reason != "cancel" else ""
         if tail and reason not in ("cancel", "error"):
             self.events.append((seq.cmd.req_id, tail, ()))  # a TextEvent, as a plain tuple
         now = time.perf_counter_ns()
@@ -397,6 +451,12 @@ class Worker:
             )
         )
         self.L.llama_sampler_free(seq.sampler)
+        if seq.shifted:
+            # The cells after num_keep were computed while the dropped tokens were in context: they are not what a
+            # fresh prompt of the same tokens would give, so a later request may reuse only the kept start.
+            keep = min(max(seq.cmd.sampling.num_keep, 0), len(seq.slot.tokens))
+            self.L.llama_memory_seq_rm(self.mem, seq.slot.seq_id, keep, -1)
+            del seq.slot.tokens[keep:]
         seq.slot.busy = False
         seq.slot.last_used = time.monotonic()
 

@@ -1,0 +1,90 @@
+"""Will a load fit? The weights' file size plus the KV cache a LoadSpec asks for, against MemAvailable.
+
+Ollama refuses a load that cannot fit before it starts a runner (`model requires more system memory (X) than is
+available (Y)`); without it, an absurd num_ctx ends in the kernel's OOM killer, which may pick the server itself.
+The KV cache is `num_ctx` cells per sequence, `num_parallel` sequences (one for an embedding runner), and per cell
+and layer K and V of `n_head_kv x head_dim` f16 elements (llama.cpp's default cache type). Compute buffers are left
+out: they are small beside the cache at the sizes that matter here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from herd.engine.protocol import LoadSpec
+from herd.errors import RunnerFailed
+
+KV_BYTES_PER_ELEMENT = 2  # f16 K and V
+
+
+class InsufficientMemory(RunnerFailed):
+    """A load that the machine's free memory cannot hold (500, Ollama's text)."""
+
+
+def human_bytes(n: float) -> str:
+    """Ollama's format.HumanBytes2: binary units, one decimal."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover
+
+
+def _per_layer(value: object, n_layer: int) -> list[int]:
+    """A head count is one number or, in some architectures, one per layer."""
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value][:n_layer]
+    return [int(value)] * n_layer  # type: ignore[call-overload]
+
+
+def kv_bytes(metadata: dict[str, object], arch: str, num_ctx: int, sequences: int) -> int:
+    n_layer = int(metadata.get(f"{arch}.block_count", 0) or 0)  # type: ignore[call-overload]
+    if n_layer <= 0:
+        return 0
+    n_embd = int(metadata.get(f"{arch}.embedding_length", 0) or 0)  # type: ignore[call-overload]
+    n_head = metadata.get(f"{arch}.attention.head_count", 0) or 0
+    heads = _per_layer(n_head, n_layer)
+    kv_heads = _per_layer(metadata.get(f"{arch}.attention.head_count_kv", n_head) or n_head, n_layer)
+    default_dim = n_embd // max(heads[0], 1) if heads and heads[0] else 0
+    key_dim = int(metadata.get(f"{arch}.attention.key_length", default_dim) or default_dim)  # type: ignore[call-overload]
+    value_dim = int(metadata.get(f"{arch}.attention.value_length", default_dim) or default_dim)  # type: ignore[call-overload]
+    per_cell = sum(h * (key_dim + value_dim) for h in kv_heads) * KV_BYTES_PER_ELEMENT
+    return per_cell * num_ctx * sequences
+
+
+def required_bytes(spec: LoadSpec) -> int:
+    """Weights plus KV cache for this spec; 0 when the file cannot be read (the load then says why)."""
+    from herd.registry.gguf_info import read_gguf_info
+
+    path = Path(spec.model_path)
+    try:
+        size = path.stat().st_size
+        info = read_gguf_info(path)
+    except Exception:
+        return 0
+    sequences = 1 if spec.embedding else spec.num_parallel
+    return size + kv_bytes(info.metadata, info.architecture, spec.num_ctx, sequences)
+
+
+def available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # not Linux: what sysconf knows, else no check
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(spec: LoadSpec) -> None:
+    need = required_bytes(spec)
+    have = available_bytes()
+    if need and have is not None and need > have:
+        raise InsufficientMemory(
+            f"model requires more system memory ({human_bytes(need)}) than is available ({human_bytes(have)})"
+        )
