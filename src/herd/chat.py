@@ -15,7 +15,7 @@ from herd.config import Settings
 from herd.engine.protocol import DoneEvent, LoadSpec, SamplingParams, TokenLogprob
 from herd.engine.runner import Runner
 from herd.engine.tokenizer import Tokenizer, get_tokenizer
-from herd.errors import CapabilityMissing, ModelNotFound, RunnerFailed
+from herd.errors import CapabilityMissing, EmptyPrompt, ModelNotFound, RunnerFailed
 from herd.limits import RequestLimits
 from herd.options import Limits, load_options, merge, sampling_params
 from herd.parsing.base import Delta, IncrementalParser, PassThrough, ToolCall
@@ -89,6 +89,14 @@ class ChatService:
         except ModelNotFound:
             raise not_found(name) from None
 
+    async def aresolve(self, name: str) -> ResolvedModel:
+        """`resolve` in a thread, with the GGUF header and templates read there: a model's first use (a 256k
+        vocabulary) must not stall every other stream on the event loop."""
+        try:
+            return await self.catalog.aresolve(name)
+        except ModelNotFound:
+            raise not_found(name) from None
+
     def model_ref(self, model: ResolvedModel) -> ModelRef:
         return ModelRef(key=model.stored.name.key, name=model.name, digest=model.digest,
                         details=model.details, size=model.size)
@@ -125,7 +133,7 @@ class ChatService:
     async def chat(self, turn: ChatTurn) -> AsyncIterator[ChatChunk]:
         t0 = time.perf_counter_ns()
         self.request_limits.check_chat(turn.messages, turn.tools)  # 400 past a bound, before any work
-        model = self.resolve(turn.model)
+        model = await self.aresolve(turn.model)
         ref = self.model_ref(model)
         if not turn.messages and turn.keep_alive == 0:
             await self.scheduler.unload(ref.key)
@@ -133,8 +141,9 @@ class ChatService:
             return
         think = self.check_capabilities(model, turn, turn.model)
         opts = merge(model.parameters, turn.options)
+        self.request_limits.check_options(opts)  # the stop list's bounds, Modelfile and request together
         spec = self.load_spec(model, opts)
-        sampling = sampling_params(opts, self.limits)
+        sampling = sampling_params(opts, self.limits, shift=turn.shift)
         grammar = self.grammar_for(model, turn, think)
         async with self.scheduler.lease(ref, spec, turn.keep_alive) as loaded:
             t_loaded = time.perf_counter_ns()
@@ -148,6 +157,8 @@ class ChatService:
             if turn.debug_render_only:
                 yield ChatChunk(done=False, debug_prompt=prompt.text)
                 return
+            if not prompt.tokens:
+                raise EmptyPrompt()  # zero tokens would give the runner nothing to decode from: it would never end
             async for chunk in self.generate_turn(loaded.runner, model, turn, think, prompt, tokenizer, sampling,
                                                   grammar, t0, t_loaded):
                 yield chunk

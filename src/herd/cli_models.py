@@ -122,6 +122,9 @@ def _create_body(args: argparse.Namespace, c: httpx.Client) -> dict[str, object]
         body["files"] = {p.relative_to(source).as_posix(): _upload_blob(c, p) for p in wanted}
     elif source.is_file():
         body["files"] = {source.name: _upload_blob(c, source)}
+    elif mf.from_.startswith(("/", "./", "../", "~")) or mf.from_.lower().endswith(".gguf"):
+        # The server reads no local paths (only its store's blobs): a missing file is this side's error.
+        raise CliError(f"{source}: no such file")
     else:
         body["from"] = mf.from_
     if mf.template is not None:
@@ -134,6 +137,10 @@ def _create_body(args: argparse.Namespace, c: httpx.Client) -> dict[str, object]
         body["messages"] = [{"role": role, "content": content} for role, content in mf.messages]
     if mf.license:
         body["license"] = list(mf.license)
+    if mf.renderer:
+        body["renderer"] = mf.renderer  # the server refuses what it cannot honour, naming it
+    if mf.parser:
+        body["parser"] = mf.parser
     if args.quantize:
         body["quantize"] = args.quantize
     return body

@@ -101,6 +101,10 @@ class Settings:
     max_images: int = 32  # per request
     max_image_bytes: int = 20 * 1024 * 1024  # per image, decoded
     max_tools: int = 256
+    max_embed_inputs: int = 2048  # inputs per embed request
+    max_embed_tokens: int = 262144  # tokens over all of an embed request's inputs, after truncation
+    max_stop: int = 64  # stop sequences per request (request and Modelfile together)
+    max_stop_length: int = 1024  # characters per stop sequence
     shutdown_grace_s: float = 10.0
     prompt_cache: bool = True
     constrain_tools: bool = True  # tool calls valid by construction (Ollama only parses them)
@@ -150,5 +154,9 @@ class Settings:
             max_images=max(0, _int(cls.max_images, "HERD_MAX_IMAGES")),
             max_image_bytes=max(1, _int(cls.max_image_bytes, "HERD_MAX_IMAGE_BYTES")),
             max_tools=max(0, _int(cls.max_tools, "HERD_MAX_TOOLS")),
+            max_embed_inputs=max(1, _int(cls.max_embed_inputs, "HERD_MAX_EMBED_INPUTS")),
+            max_embed_tokens=max(1, _int(cls.max_embed_tokens, "HERD_MAX_EMBED_TOKENS")),
+            max_stop=max(0, _int(cls.max_stop, "HERD_MAX_STOP")),
+            max_stop_length=max(1, _int(cls.max_stop_length, "HERD_MAX_STOP_LENGTH")),
             shutdown_grace_s=max(0.0, _float(cls.shutdown_grace_s, "HERD_SHUTDOWN_GRACE")),
         )

@@ -61,12 +61,12 @@ class EmbedService:
     def __init__(self, chat: ChatService) -> None:
         self.chat = chat
 
-    def resolve(self, name: str) -> ResolvedModel:
+    async def resolve(self, name: str) -> ResolvedModel:
         if not name:
             raise ModelNotFound("model '' not found")  # Ollama's wording for a blank name on /api/embed
         try:
             ModelName.parse(name)
-            return self.chat.catalog.resolve(name)
+            return await self.chat.catalog.aresolve(name)
         except (InvalidName, ModelNotFound):
             raise not_found(name) from None
 
@@ -82,7 +82,8 @@ class EmbedService:
     async def embed(self, req: EmbedRequest) -> EmbedResult:
         t0 = time.perf_counter_ns()
         chat = self.chat
-        model = self.resolve(req.model)
+        chat.request_limits.check_embed_inputs(len(req.inputs))  # 400 past the bound, before any work
+        model = await self.resolve(req.model)
         ref = chat.model_ref(model)
         opts = merge(model.parameters, req.options)
         spec = self.load_spec(model, opts)
@@ -92,6 +93,7 @@ class EmbedService:
                 return EmbedResult(())  # an empty input only loads the model
             tokenizer = await asyncio.to_thread(get_tokenizer, spec.model_path)
             inputs = await asyncio.to_thread(self.tokenize, tokenizer, req.inputs, spec.num_ctx, req.truncate)
+            chat.request_limits.check_embed_tokens(inputs)  # known only once tokenized; still before the runner
             ev = await loaded.runner.embed(inputs)
             if ev.error:
                 raise RunnerFailed(ev.error)

@@ -30,6 +30,24 @@ class PromptTooLong(InvalidRequest):
     """truncate:false and the prompt does not fit num_ctx (400)."""
 
 
+class EmptyPrompt(InvalidRequest):
+    """The rendered prompt is zero tokens (a template that renders nothing, on a model that adds no BOS): there is
+    nothing to decode from, so it is refused before a runner slot is taken (400)."""
+
+    def __init__(self, message: str = "prompt is empty") -> None:
+        super().__init__(message)
+
+
+class UnsafePath(InvalidRequest):
+    """/api/create named a file outside the model store (400): only uploaded blobs and the store's own files may be
+    read, so no request can make the server read, or push out, another file."""
+
+
+class NotImplementedFeature(InvalidRequest):
+    """The request asks for something herd cannot honour yet (a Modelfile RENDERER or PARSER it does not know, a
+    vision projector it cannot run): refused with a 400 naming it rather than silently answered without it."""
+
+
 class LimitExceeded(InvalidRequest):
     """The request is past one of the server's resource bounds (Settings.max_*): too many messages, images or tools,
     an image, a body or an option value too large (400, never an out-of-memory server)."""

@@ -17,7 +17,7 @@ from typing import cast
 
 from herd.chat import ChatChunk, ChatService
 from herd.engine.tokenizer import Tokenizer, get_tokenizer
-from herd.errors import CapabilityMissing, InvalidRequest, ModelNotFound, PromptTooLong
+from herd.errors import CapabilityMissing, EmptyPrompt, InvalidRequest, ModelNotFound, PromptTooLong
 from herd.options import merge, sampling_params
 from herd.prompt.builder import NUM_KEEP, PROMPT_TOO_LONG, THINK_OPEN, Encoder, RenderedPrompt, build_prompt
 from herd.registry.models import ResolvedModel
@@ -69,11 +69,11 @@ class GenerateService:
     def __init__(self, chat: ChatService) -> None:
         self.chat = chat
 
-    def resolve(self, name: str) -> ResolvedModel:
+    async def resolve(self, name: str) -> ResolvedModel:
         # Ollama's GenerateHandler answers an empty or unparsable name with 404, not 400.
         try:
             ModelName.parse(name)
-            return self.chat.resolve(name)
+            return await self.chat.aresolve(name)
         except (InvalidName, ModelNotFound):
             raise ModelNotFound(f"model '{name}' not found") from None
 
@@ -106,7 +106,7 @@ class GenerateService:
         t0 = time.perf_counter_ns()
         self.chat.request_limits.check_images(req.images)  # 400 past a bound, before any work
         chat = self.chat
-        model = self.resolve(req.model)
+        model = await self.resolve(req.model)
         ref = chat.model_ref(model)
         if not req.prompt and req.keep_alive == 0:
             await chat.scheduler.unload(ref.key)
@@ -116,8 +116,9 @@ class GenerateService:
             raise InvalidRequest(RAW_CONFLICT)
         think = self.check_capabilities(model, req)
         opts = merge(model.parameters, req.options)
+        chat.request_limits.check_options(opts)
         spec = chat.load_spec(model, opts)
-        sampling = sampling_params(opts, chat.limits)
+        sampling = sampling_params(opts, chat.limits, shift=req.shift)
         turn = self.turn_view(req, think)
         grammar = chat.grammar_for(model, turn, think)
         async with chat.scheduler.lease(ref, spec, req.keep_alive) as loaded:
@@ -130,6 +131,10 @@ class GenerateService:
             if req.debug_render_only:
                 yield ChatChunk(debug_prompt=prompt.text)
                 return
+            if not prompt.tokens:
+                # A template that renders nothing (`{{ .System }}` without a system) on a model without BOS: the
+                # runner would get zero tokens and never finish.
+                raise EmptyPrompt()
             async for chunk in chat.generate_turn(loaded.runner, model, turn, think, prompt, tokenizer, sampling,
                                                   grammar, t0, t_loaded):
                 if chunk.done and req.raw:

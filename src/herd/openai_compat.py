@@ -82,12 +82,16 @@ def _image(url: str) -> bytes:
         raise InvalidRequest("invalid image input") from None
 
 
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")  # NaN and Infinity: Python's json reads them, Go's does not
+
+
 def _tool_calls(calls: list[wire.ToolCallIn] | None) -> tuple[ToolCallIn, ...]:
     out = []
     for i, call in enumerate(calls or ()):
         try:
-            args = json.loads(call.function.arguments) if call.function.arguments else {}
-        except ValueError:
+            args = json.loads(call.function.arguments, parse_constant=_no_constant) if call.function.arguments else {}
+        except (ValueError, RecursionError):  # RecursionError: a string of thousands of nested brackets
             raise InvalidRequest("invalid tool call arguments") from None
         if not isinstance(args, dict):
             raise InvalidRequest("invalid tool call arguments")

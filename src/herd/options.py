@@ -3,6 +3,7 @@ sampling parts. A wrong type is a client error (400 here; Ollama answers 500).""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,6 +18,14 @@ FLOAT_OPTIONS = {
     "temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
     "mirostat_tau", "mirostat_eta", "tfs_z",
 }
+# Accepted and not used, as Ollama does (clients such as LangChain and Open WebUI still send them); on the CPU the
+# GPU placement options have nothing to place.
+IGNORED_OPTIONS = frozenset({
+    "mirostat", "mirostat_tau", "mirostat_eta", "tfs_z", "penalize_newline", "low_vram", "f16_kv", "vocab_only",
+    "logits_all", "num_gqa", "embedding_only", "use_mlock", "numa",
+})
+log = logging.getLogger(__name__)
+
 BOOL_OPTIONS = {
     "use_mmap", "use_mlock", "numa", "penalize_newline", "low_vram", "f16_kv", "vocab_only", "embedding_only",
     "logits_all",
@@ -53,6 +62,9 @@ def validate_options(options: Mapping[str, object]) -> dict[str, object]:
             continue
         if key in INT_OPTIONS or key in FLOAT_OPTIONS or key in BOOL_OPTIONS or key == "stop":
             out[key] = _check(key, value)
+    ignored = IGNORED_OPTIONS.intersection(out)
+    if ignored:
+        log.debug("options ignored, as Ollama ignores them: %s", ", ".join(sorted(ignored)))
     return out
 
 
@@ -94,7 +106,7 @@ def load_options(opts: Mapping[str, object], n_ctx_train: int, limits: Limits) -
     return LoadOptions(num_ctx, num_batch, num_thread, bool(opts.get("use_mmap", True)))
 
 
-def sampling_params(opts: Mapping[str, object], limits: Limits) -> SamplingParams:
+def sampling_params(opts: Mapping[str, object], limits: Limits, shift: bool = True) -> SamplingParams:
     num_predict = int(opts.get("num_predict", -1))  # type: ignore[call-overload]
     if num_predict > limits.max_num_predict:
         raise LimitExceeded(f"num_predict {num_predict} exceeds the limit of {limits.max_num_predict}")
@@ -112,4 +124,6 @@ def sampling_params(opts: Mapping[str, object], limits: Limits) -> SamplingParam
         seed=int(opts.get("seed", -1)),  # type: ignore[call-overload]
         num_predict=num_predict,
         stop=tuple(stop),  # type: ignore[arg-type]
+        shift=shift,
+        num_keep=int(opts.get("num_keep", 4)),  # type: ignore[call-overload]
     )

@@ -7,10 +7,12 @@ from fastapi.responses import JSONResponse
 from herd.errors import (
     BlobNotFound,
     CapabilityMissing,
+    EmptyPrompt,
     HerdError,
     InvalidFormat,
     InvalidRequest,
     ModelNotFound,
+    NotImplementedFeature,
     PromptTooLong,
     RegistryError,
     RequestCancelled,
@@ -18,11 +20,15 @@ from herd.errors import (
     ServerBusy,
     ShuttingDown,
     StorageFailed,
+    UnsafePath,
 )
 
 _STATUS: tuple[tuple[type[HerdError], int], ...] = (
     (PromptTooLong, 400),
     (CapabilityMissing, 400),
+    (EmptyPrompt, 400),
+    (UnsafePath, 400),
+    (NotImplementedFeature, 400),
     (InvalidRequest, 400),
     (ModelNotFound, 404),
     (InvalidFormat, 500),  # Ollama raises it at generation time, before output

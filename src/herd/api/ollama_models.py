@@ -17,6 +17,7 @@ from herd.api.common import openapi_body, services
 from herd.api.errors import OllamaJSON, ollama_error
 from herd.api.streaming import NDJSON, dumps, stream_response, until_disconnect
 from herd.errors import HerdError
+from herd.registry.models import off_loop
 from herd.registry.progress import Progress, iterate_in_thread
 from herd.schemas import ollama as wire
 from herd.schemas import ollama_models as mwire
@@ -100,7 +101,7 @@ async def blob_upload(request: Request, digest: str) -> Response:
 async def copy(request: Request) -> Response:
     try:
         req = wire.decode(mwire.CopyRequest, await _body(request), "CopyRequest")
-        services(request).manager.copy(req.source or "", req.destination or "")
+        await off_loop(services(request).manager.copy, req.source or "", req.destination or "")
     except HerdError as exc:
         return ollama_error(exc)
     return Response(status_code=200)
@@ -110,7 +111,8 @@ async def copy(request: Request) -> Response:
 async def delete(request: Request) -> Response:
     try:
         req = wire.decode(wire.ModelOnlyRequest, await _body(request), "DeleteRequest")
-        services(request).manager.delete(req.model or req.name or "")
+        # Off the loop: deleting prunes unused blobs, and unlinking a multi-gigabyte file takes a while.
+        await off_loop(services(request).manager.delete, req.model or req.name or "")
     except HerdError as exc:
         return ollama_error(exc)
     return Response(status_code=200)

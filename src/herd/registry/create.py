@@ -1,5 +1,10 @@
-"""`/api/create`: a new model from an existing one, from uploaded GGUF blobs, or from a GGUF file on the server,
-with TEMPLATE, SYSTEM, PARAMETER, MESSAGE and LICENSE layers on top (spec 5.8).
+"""`/api/create`: a new model from an existing one, from uploaded GGUF blobs, or from a GGUF blob already in the
+store, with TEMPLATE, SYSTEM, PARAMETER, MESSAGE and LICENSE layers on top (spec 5.8).
+
+No request reads a file outside the model store: a `from` (or Modelfile `FROM`) that is a path must name one of the
+store's blobs, and `files` name blobs by digest. Local files go up through `/api/blobs` first, which is what
+`herd create` and `ollama create` do; otherwise a request could make the server read any file it can (and then
+push it to a registry).
 
 Matches Ollama's `server/create.go`: every check that can fail on the request runs before the first status line, so
 it gets a real status code; layers that replace a base layer (template, system, params, messages) are removed and
@@ -12,13 +17,13 @@ import contextlib
 import hashlib
 import json
 import os
-import stat
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from herd.errors import HerdError, InvalidRequest, StorageFailed
+from herd.errors import HerdError, InvalidRequest, NotImplementedFeature, StorageFailed, UnsafePath
 from herd.options import BOOL_OPTIONS, FLOAT_OPTIONS, INT_OPTIONS, validate_options
 from herd.registry.default_model import config_blob
 from herd.registry.gguf_info import GGUF_MAGIC, GGUFInfo, read_gguf_info
@@ -27,10 +32,20 @@ from herd.registry.modelfile import MESSAGE_ROLES, parse_modelfile, typed_parame
 from herd.registry.models import is_jinja
 from herd.registry.names import ModelName, is_valid_name
 from herd.registry.progress import Progress, check_cancel
-from herd.registry.store import CONFIG_MEDIA_TYPE, LAYER_PREFIX, Layer, Manifest, Store, sha256_file
+from herd.registry.store import CONFIG_MEDIA_TYPE, LAYER_PREFIX, Layer, Manifest, Store
 
 # Layers a new value replaces (Ollama's removeLayer + append). LICENSE is not here: Ollama appends licenses.
 _REPLACED = ("template", "system", "params", "messages")
+
+# Ollama's RENDERER and PARSER name built-in Go code per model family (qwen3-coder, harmony, ...). herd has none of
+# them yet: it renders with the model's template and parses tool calls and thinking from the template's style. A
+# value is refused rather than stored and ignored, which would give a model that silently behaves otherwise.
+KNOWN_RENDERERS: frozenset[str] = frozenset()
+KNOWN_PARSERS: frozenset[str] = frozenset()
+
+_BLOB_NAME = re.compile(r"sha256-[0-9a-f]{64}")
+OUTSIDE_STORE = ('"from" names a file outside the model store; upload the file with POST /api/blobs/<digest> and '
+                 'name it in "files" (herd create does this)')
 
 
 @dataclass(frozen=True)
@@ -59,7 +74,6 @@ class _Base:
     layers: tuple[Layer, ...]
     config: Layer | None  # None: build it from `gguf_path`
     gguf_path: Path | None = None
-    copy_from: Path | None = None  # a server file that still has to be copied into the store
 
 
 def typed_parameters(params: Mapping[str, object]) -> dict[str, object]:
@@ -143,6 +157,7 @@ class ModelCreator:
             )
         if spec.adapters:
             raise InvalidRequest("adapters (LoRA) are not supported by herd")
+        _check_renderer_parser(spec)
         template = spec.template or None
         if template is not None:
             check_template(template)
@@ -171,20 +186,31 @@ class ModelCreator:
         return _Base(layers=stored.manifest.layers, config=stored.manifest.config)
 
     def _base_from_path(self, text: str) -> _Base:
-        """A GGUF file on the server (Ollama's `FROM ./model.gguf`). Only a regular file that is a valid GGUF is
-        taken: not a directory, a device or a FIFO, which a request could otherwise make the server read."""
-        path = Path(text).expanduser()
-        try:
-            st = os.stat(path)  # follows a symlink: what counts is the file it points to
-        except OSError:
-            raise InvalidRequest(f"no such file: {text}") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise InvalidRequest(f"not a regular file: {text}")
+        """A `from` written as a path (`FROM /models/blobs/sha256-...`, what `show --modelfile` prints). Only a blob of
+        this store is taken; the path is judged before anything is opened, so a request learns nothing about other
+        files, not even whether they exist."""
+        digest = self._blob_digest_of(text)
+        path = self.store.blob_path(digest)
+        if not path.exists():
+            raise InvalidRequest(f"blob {go_quote(digest)} not found; upload it with POST /api/blobs/{digest}")
         try:
             _gguf_header(path)
+            size = path.stat().st_size
         except OSError as exc:
             raise InvalidRequest(f"cannot read {text}: {exc.strerror or exc}") from None
-        return _Base(layers=(), config=None, gguf_path=path.resolve(), copy_from=path.resolve())
+        return _Base(layers=(Layer(LAYER_PREFIX + "model", digest, size),), config=None, gguf_path=path)
+
+    def _blob_digest_of(self, text: str) -> str:
+        """The digest a path names when it is `<store>/blobs/sha256-<hex>`, else UnsafePath. The folder is compared
+        resolved (the store may be reached through a symlink); the file name must be a blob's, and is not resolved:
+        the default model's blob is the store's own symlink to the installed package."""
+        if "\0" in text:
+            raise UnsafePath(OUTSIDE_STORE)
+        path = os.path.abspath(os.path.expanduser(text))  # lexical: `..` is folded before the folder is compared
+        folder, name = os.path.split(path)
+        if not _BLOB_NAME.fullmatch(name) or os.path.realpath(folder) != os.path.realpath(self.store.blobs):
+            raise UnsafePath(OUTSIDE_STORE)
+        return "sha256:" + name[len("sha256-"):]
 
     def _base_from_files(self, files: Sequence[tuple[str, str]]) -> _Base:
         if any(file_name.lower().endswith(".safetensors") for file_name, _ in files):
@@ -253,14 +279,6 @@ class ModelCreator:
         layers = list(base.layers)
         if base.gguf_path is not None:
             yield Progress("parsing GGUF")
-        if base.copy_from is not None:
-            # Hashing and copying a multi-gigabyte file is the slow part: it runs after the first status line.
-            digest = "sha256:" + sha256_file(base.copy_from)
-            pins.enter_context(self.store.pinned([digest]))
-            digest, size = self.store.add_blob_file(base.copy_from, digest=digest)
-            check_cancel(cancel)
-            layers = [Layer(LAYER_PREFIX + "model", digest, size)]
-            base = _Base(layers=tuple(layers), config=None, gguf_path=self.store.blob_path(digest))
 
         new_digests: set[str] = set()
 
@@ -334,6 +352,15 @@ class ModelCreator:
         return Layer(CONFIG_MEDIA_TYPE, blob.digest, blob.size)
 
 
+def _check_renderer_parser(spec: CreateSpec) -> None:
+    if spec.renderer and spec.renderer not in KNOWN_RENDERERS:
+        raise NotImplementedFeature(f'RENDERER "{spec.renderer}" is not supported by herd: it renders prompts with '
+                                    "the model's template (leave RENDERER out)")
+    if spec.parser and spec.parser not in KNOWN_PARSERS:
+        raise NotImplementedFeature(f'PARSER "{spec.parser}" is not supported by herd: it parses tool calls and '
+                                    "thinking from the model's template (leave PARSER out)")
+
+
 def _digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -356,6 +383,6 @@ def _merge_legacy_modelfile(spec: CreateSpec) -> CreateSpec:
         parameters=params,
         messages=spec.messages or mf.messages,
         quantize=spec.quantize,
-        renderer=spec.renderer,
-        parser=spec.parser,
+        renderer=spec.renderer or mf.renderer,
+        parser=spec.parser or mf.parser,
     )

@@ -1,5 +1,5 @@
-"""Ollama Modelfiles: parsing (FROM, TEMPLATE, SYSTEM, PARAMETER, MESSAGE, LICENSE, ADAPTER) and the text that
-/api/show prints (`modelfile` and `parameters`)."""
+"""Ollama Modelfiles: parsing (FROM, TEMPLATE, SYSTEM, PARAMETER, MESSAGE, LICENSE, ADAPTER, RENDERER, PARSER) and
+the text that /api/show prints (`modelfile` and `parameters`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from herd.errors import InvalidRequest
 from herd.options import BOOL_OPTIONS, FLOAT_OPTIONS, INT_OPTIONS
 
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
-_INSTRUCTIONS = ("from", "template", "system", "parameter", "message", "license", "adapter", "requires")
+_INSTRUCTIONS = ("from", "template", "system", "parameter", "message", "license", "adapter", "requires", "renderer",
+                 "parser")
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,10 @@ class Modelfile:
     messages: tuple[tuple[str, str], ...] = ()
     license: tuple[str, ...] = ()
     adapters: tuple[str, ...] = ()
+    # Parsed so that create can refuse a value it does not know by name (registry/create.py), rather than the
+    # Modelfile failing as if RENDERER or PARSER were not Ollama instructions.
+    renderer: str | None = None
+    parser: str | None = None
 
     def parameter_dict(self) -> dict[str, object]:
         """Repeated keys (stop) become lists, as Ollama stores them in the params layer."""
@@ -91,7 +96,7 @@ def parse_modelfile(text: str) -> Modelfile:
         if not m or m.group(1).lower() not in _INSTRUCTIONS:
             word = text[pos:].split(None, 1)[0] if text[pos:].split() else ""
             raise InvalidRequest(f'command must be one of "from", "license", "template", "system", "adapter", '
-                                 f'"parameter", or "message" (got {word!r})')
+                                 f'"renderer", "parser", "parameter", or "message" (got {word!r})')
         cmd = m.group(1).lower()
         pos = m.end()
         if cmd == "parameter":
@@ -114,7 +119,7 @@ def parse_modelfile(text: str) -> Modelfile:
                 fields["adapters"].append(value)  # type: ignore[union-attr]
             elif cmd == "from":
                 fields["from_"] = value
-            elif cmd in ("template", "system"):
+            elif cmd in ("template", "system", "renderer", "parser"):
                 fields[cmd] = value
     if not fields.get("from_"):
         raise InvalidRequest("no FROM line")
@@ -126,6 +131,8 @@ def parse_modelfile(text: str) -> Modelfile:
         messages=tuple(fields["messages"]),  # type: ignore[arg-type]
         license=tuple(fields["license"]),  # type: ignore[arg-type]
         adapters=tuple(fields["adapters"]),  # type: ignore[arg-type]
+        renderer=fields.get("renderer") or None,  # type: ignore[arg-type]
+        parser=fields.get("parser") or None,  # type: ignore[arg-type]
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from herd.errors import BlobNotFound, DigestMismatch, InvalidRequest, ModelNotFound
+from herd.errors import BlobNotFound, DigestMismatch, InvalidRequest, ModelNotFound, NotImplementedFeature, UnsafePath
 from herd.registry.create import CreateSpec, ModelCreator, typed_parameters
 from herd.registry.manage import ModelManager
 from herd.registry.store import Store
@@ -27,6 +27,12 @@ def store(tmp_path: Path) -> Store:
     return Store(tmp_path / "models")
 
 
+def in_store(store: Store, path: Path) -> str:
+    """A local file as /api/create may name it: a blob of the store (put there as an upload would)."""
+    digest, _ = store.add_blob_file(path)
+    return str(store.blob_path(digest))
+
+
 def run(creator: ModelCreator, **fields: object) -> list[str]:
     return [p.status for p in creator.create(CreateSpec(**fields))]  # type: ignore[arg-type]
 
@@ -38,9 +44,9 @@ def layers(store: Store, name: str) -> dict[str, list[str]]:
     return out
 
 
-def test_create_from_server_file_then_derive(store: Store, gguf: Path) -> None:
+def test_create_from_a_store_blob_path_then_derive(store: Store, gguf: Path) -> None:
     creator = ModelCreator(store)
-    statuses = run(creator, model="base", from_=str(gguf), system="S1", parameters={"temperature": 0.5, "top_k": 3})
+    statuses = run(creator, model="base", from_=in_store(store, gguf), system="S1", parameters={"temperature": 0.5, "top_k": 3})
     assert statuses[0] == "parsing GGUF" and statuses[-2:] == ["writing manifest", "success"]
     base = store.find("base")
     assert base.manifest.layer("model").digest == "sha256:" + hashlib.sha256(gguf.read_bytes()).hexdigest()
@@ -77,13 +83,13 @@ def test_create_from_uploaded_files(store: Store, gguf: Path) -> None:
     ({"model": "a", "files": (("x.gguf", "sha256:xyz"),)}, "invalid digest format"),
     ({"model": "a", "files": (("x.safetensors", "SELF"),)}, "config.json is missing"),  # not a BERT folder
     ({"model": "a", "files": (("x.bin", "SELF"),)}, "GGUF files and BERT safetensors folders only"),
-    ({"model": "a", "from_": "/"}, "not a regular file"),
+    ({"model": "a", "from_": "/"}, '"from" names a file outside the model store'),
     ({"model": "a", "from_": "base", "template": "{{ messages | nosuchfilter }}"}, "template error"),
     ({"model": "a", "from_": "base", "messages": (("wizard", "x"),)}, "message role"),
 ])
 def test_create_refusals(store: Store, gguf: Path, fields: dict[str, object], message: str) -> None:
     creator = ModelCreator(store)
-    run(creator, model="base", from_=str(gguf))
+    run(creator, model="base", from_=in_store(store, gguf))
     if fields.get("files") and fields["files"][0][1] == "SELF":  # type: ignore[index]
         digest = store.find("base").manifest.layer("model").digest  # type: ignore[union-attr]
         fields = {**fields, "files": ((fields["files"][0][0], digest),)}  # type: ignore[index]
@@ -98,7 +104,7 @@ def test_create_from_unknown_model_is_404(store: Store) -> None:
 
 def test_a_failed_create_writes_no_manifest(store: Store, gguf: Path) -> None:
     with pytest.raises(InvalidRequest):
-        run(ModelCreator(store), model="half", from_=str(gguf), parameters={"nope": 1})
+        run(ModelCreator(store), model="half", from_=in_store(store, gguf), parameters={"nope": 1})
     assert store.list() == []
 
 
@@ -114,7 +120,7 @@ def test_typed_parameters() -> None:
 
 def test_legacy_modelfile_field(store: Store, gguf: Path) -> None:
     creator = ModelCreator(store)
-    run(creator, model="base", from_=str(gguf))
+    run(creator, model="base", from_=in_store(store, gguf))
     run(creator, model="legacy", modelfile='FROM base\nSYSTEM "old client"\nPARAMETER stop END\n')
     got = layers(store, "legacy")
     assert got["system"] == ["old client"] and json.loads(got["params"][0]) == {"stop": ["END"]}
@@ -150,7 +156,7 @@ def test_blob_upload_verifies_before_it_enters_the_store(store: Store) -> None:
 
 def test_copy_and_delete_keep_shared_blobs(store: Store, gguf: Path) -> None:
     creator, manager = ModelCreator(store), ModelManager(store)
-    run(creator, model="a", from_=str(gguf), system="shared")
+    run(creator, model="a", from_=in_store(store, gguf), system="shared")
     manager.copy("a", "b")
     partial = store.blobs / ("sha256-" + "1" * 64 + "-partial")
     partial.write_bytes(b"half a download")
@@ -176,3 +182,73 @@ def test_pinned_blobs_survive_a_prune(store: Store) -> None:
         assert store.has_blob(layer.digest)
     store.prune_blobs()
     assert not store.has_blob(layer.digest)
+
+
+# ---- no file outside the store (issue 12, point 9) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", [
+    "/etc/passwd", "/etc/hostname", "/dev/zero", "/proc/self/environ", "./model.gguf", "../x.gguf", "~/x.gguf",
+    "x.gguf", "bad name!", "/tmp", "{store}/blobs/../../../etc/passwd", "{store}/manifests", "{store}/blobs",
+    "{store}/blobs/sha256-" + "0" * 64 + "/../../x", "{store}/blobs/sha256-" + "A" * 64, "{outside}",
+    "/etc/passwd\0.gguf",
+])
+def test_from_a_path_outside_the_store_is_refused_before_it_is_opened(store: Store, gguf: Path, tmp_path: Path,
+                                                                     source: str) -> None:
+    outside = tmp_path / "outside.gguf"
+    outside.write_bytes(gguf.read_bytes())  # a valid GGUF, so only the rule can refuse it
+    text = source.format(store=store.root, outside=outside)
+    with pytest.raises(UnsafePath, match="outside the model store"):
+        run(ModelCreator(store), model="a", from_=text)
+    with pytest.raises(UnsafePath):  # the same path in a legacy Modelfile's FROM
+        run(ModelCreator(store), model="a", modelfile=f"FROM {text}\n")
+    assert store.list() == []
+
+
+def test_from_a_blob_path_needs_no_copy_and_symlinked_store_works(store: Store, gguf: Path, tmp_path: Path) -> None:
+    path = in_store(store, gguf)
+    before = sorted(p.name for p in store.blobs.iterdir())
+    run(ModelCreator(store), model="viablob", from_=path)
+    link = tmp_path / "link-to-models"
+    link.symlink_to(store.root, target_is_directory=True)
+    run(ModelCreator(store), model="vialink", from_=str(link / "blobs" / Path(path).name))
+    digest = "sha256:" + Path(path).name.removeprefix("sha256-")
+    for name in ("viablob", "vialink"):
+        assert store.find(name).manifest.layer("model").digest == digest  # type: ignore[union-attr]
+    after = {p.name for p in store.blobs.iterdir()}
+    assert set(before) <= after and Path(path).name in after
+
+
+def test_a_missing_blob_path_is_a_400_not_a_file_read(store: Store) -> None:
+    path = store.blobs / ("sha256-" + "1" * 64)
+    with pytest.raises(InvalidRequest, match="not found; upload it"):
+        run(ModelCreator(store), model="a", from_=str(path))
+
+
+def test_adapter_paths_are_refused(store: Store, gguf: Path) -> None:
+    base = in_store(store, gguf)
+    with pytest.raises(InvalidRequest, match="adapters"):
+        run(ModelCreator(store), model="a", modelfile=f"FROM {base}\nADAPTER ../x\n")
+    with pytest.raises(InvalidRequest, match="adapters"):
+        run(ModelCreator(store), model="a", from_=base, adapters=(("/etc/passwd", "sha256:" + "0" * 64),))
+
+
+# ---- RENDERER / PARSER (issue 12, point 10) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fields", "named"), [
+    ({"renderer": "qwen3-coder"}, 'RENDERER "qwen3-coder" is not supported'),
+    ({"parser": "harmony"}, 'PARSER "harmony" is not supported'),
+    ({"modelfile": "FROM {base}\nRENDERER qwen3-coder\n"}, 'RENDERER "qwen3-coder"'),
+    ({"modelfile": "FROM {base}\nPARSER qwen3\n"}, 'PARSER "qwen3"'),
+])
+def test_unknown_renderer_or_parser_is_refused_not_stored(store: Store, gguf: Path, fields: dict[str, str],
+                                                         named: str) -> None:
+    base = in_store(store, gguf)
+    run(ModelCreator(store), model="base", from_=base)
+    spec = {k: v.format(base=base) for k, v in fields.items()}
+    if "modelfile" not in spec:
+        spec["from_"] = "base"
+    with pytest.raises(NotImplementedFeature, match=named):
+        run(ModelCreator(store), model="withrenderer", **spec)
+    assert [m.name for m in store.list()] == [store.find("base").name]

@@ -158,7 +158,8 @@ def test_unknown_model(store: Store, registry: FakeRegistry) -> None:
 
 def test_push_uploads_missing_blobs_then_the_manifest(store: Store, registry: FakeRegistry, gguf: Path) -> None:
     target = f"{registry.host}/team/made:v1"
-    list(ModelCreator(store).create(CreateSpec(model=target, from_=str(gguf), system="made here")))
+    digest, _ = store.add_blob_file(gguf)  # in the store first, as an upload through /api/blobs puts it
+    list(ModelCreator(store).create(CreateSpec(model=target, from_=str(store.blob_path(digest)), system="made here")))
     transfers = Transfers(store)
     steps = list(transfers.push(target, insecure=True))
     assert steps[0].status == "retrieving manifest" and [s.status for s in steps[-2:]] == ["pushing manifest",
