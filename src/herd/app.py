@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from herd import __version__
-from herd.api import ollama, ollama_generate, ollama_models, openai
+from herd.api import loop_probe, ollama, ollama_generate, ollama_models, openai
 from herd.api.guard import Drain, GuardMiddleware, is_loopback_host
 from herd.api.openapi import install as install_openapi
 from herd.config import Settings
+from herd.engine import tokenizer
+from herd.engine.protocol import LoadSpec
+from herd.engine.runner import Runner
 from herd.services import Services, build_services
 
 
-def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, services: Services | None = None,
+               runner_factory: Callable[[LoadSpec], Runner] | None = None) -> FastAPI:
+    """`runner_factory` replaces the runner process (the in-process tests pass a fake one)."""
     settings = settings or Settings.from_env()
-    svc = services or build_services(settings)
+    svc = services or build_services(settings, runner_factory)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -28,6 +34,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             yield
         finally:
             await svc.scheduler.shutdown()
+            await asyncio.to_thread(tokenizer.default.close)  # the tokenizer process ends with the server
 
     app = FastAPI(title="herd", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.services = svc
@@ -39,6 +46,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(ollama_generate.router)
     app.include_router(ollama_models.router)
     app.include_router(openai.router)
+    loop_probe.install(app)  # only with HERD_LOOP_PROBE=1: bench/loop_lag.py reads the loop's worst stall
 
     install_openapi(app)  # /openapi.json: nested body schemas under components, one operationId per method
 
@@ -46,7 +54,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # Go's mux answers unknown routes and wrong methods in plain text.
         if exc.status_code == 405:
-            return PlainTextResponse("405 method not allowed", status_code=405, media_type="text/plain")
+            # Starlette's router names the route's methods in the exception; HTTP (and Ollama) send them as Allow.
+            return PlainTextResponse("405 method not allowed", status_code=405, media_type="text/plain",
+                                     headers=dict(exc.headers or {}))
         if exc.status_code == 404:
             return PlainTextResponse("404 page not found", status_code=404, media_type="text/plain")
         return PlainTextResponse(str(exc.detail), status_code=exc.status_code, media_type="text/plain")

@@ -6,6 +6,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from herd.errors import ModelNotFound
+from herd.registry.gguf_info import read_gguf_full
 from herd.registry.models import ModelCatalog, ResolvedModel
 from herd.scheduler.scheduler import Scheduler
 
@@ -22,6 +23,9 @@ def rfc3339_local(dt: datetime) -> str:
 
 
 class ModelViews:
+    """`tags` and `show` read the store and GGUF headers (the first time a blob is seen): they block, so the
+    handlers run them in a worker thread. `ps` reads only the scheduler's state, which lives on the event loop."""
+
     def __init__(self, catalog: ModelCatalog, scheduler: Scheduler) -> None:
         self.catalog = catalog
         self.scheduler = scheduler
@@ -63,11 +67,14 @@ class ModelViews:
 
         if not name.strip():
             raise InvalidRequest("model is required")
-        parsed = ModelName.parse(name.strip())
+        sent = name.strip()
+        ModelName.parse(sent)  # an invalid name is a 400 before the lookup
         try:
-            model = self.catalog.resolve(name.strip())
+            model = self.catalog.resolve(sent)
         except ModelNotFound:
-            raise ModelNotFound(f"model '{parsed.display}' not found") from None
+            # The name as the client wrote it (host, namespace and case kept), with the tag Ollama fills in.
+            shown = sent if sent.rfind(":") > sent.rfind("/") else sent + ":latest"
+            raise ModelNotFound(f"model '{shown}' not found") from None
         from herd.registry import modelfile
 
         _, template = model.template
@@ -87,9 +94,15 @@ class ModelViews:
         if model.license:
             doc["license"] = model.license
         doc["details"] = self._details(model, False)
-        doc["model_info"] = model.gguf.model_info(verbose)
+        if model.messages:  # Ollama's ShowResponse puts the MESSAGE history here, after details
+            doc["messages"] = [{"role": m.role, "content": m.content} for m in model.messages]
         if verbose:
-            doc["tensors"] = [{"name": t.name, "type": t.type, "shape": list(t.shape)} for t in model.gguf.tensors]
+            # The lean cached header has no long arrays and no tensors; a verbose show reads them afresh, once.
+            full = read_gguf_full(model.model_path)
+            doc["model_info"] = full.model_info(True)
+            doc["tensors"] = [{"name": t.name, "type": t.type, "shape": list(t.shape)} for t in full.tensors]
+        else:
+            doc["model_info"] = model.gguf.model_info(False)
         doc["capabilities"] = list(model.capabilities)
         doc["modified_at"] = rfc3339_local(model.stored.modified_at)
         return doc
@@ -98,7 +111,9 @@ class ModelViews:
         out = []
         now = datetime.now(UTC)
         for entry, remaining in self.scheduler.snapshot():
-            expires = now + timedelta(days=365 * 200) if remaining == float("inf") else now + timedelta(
+            # A keep_alive past any date (1e308 s) reads as forever, like a negative one; timedelta cannot hold it.
+            forever = remaining == float("inf") or remaining > 200 * 365 * 86400
+            expires = now + timedelta(days=365 * 200) if forever else now + timedelta(
                 seconds=remaining)
             out.append({
                 "name": entry.name,

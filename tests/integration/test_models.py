@@ -195,21 +195,28 @@ def test_create_over_existing_model_merges_parameters_and_stream_false(store_ser
                                              "parameters": {"temperature": "0.75"}, "system": "Be brief."})
         assert second.status_code == 200 and second.json() == {"status": "success"}
         params = h.post("/api/show", json={"model": "layered2"}).json()["parameters"].splitlines()
-    # Ollama merges new parameters over the base model's; a string value is typed like a Modelfile's.
-    assert sorted(params) == [f"{'temperature':<30} 0.75", f"{'top_k':<30} 7"]
+    # Ollama merges new parameters over the base model's (the default model brings its two stop sequences); a
+    # string value is typed like a Modelfile's.
+    assert sorted(params) == sorted([f"{'temperature':<30} 0.75", f"{'top_k':<30} 7",
+                                     f"{'stop':<30} \"<|im_start|>\"", f"{'stop':<30} \"<|im_end|>\""])
     delete_quietly(store_server, "layered", "layered2")
 
 
-def test_create_from_a_gguf_file_on_the_server(store_server: HerdServer, tiny: Path) -> None:
+def test_create_from_a_blob_named_by_its_path_in_the_store(store_server: HerdServer, tiny: Path) -> None:
+    """A `from` path is taken only when it is one of the store's blobs (what `show --modelfile` prints as FROM);
+    the same file elsewhere on the server is refused (issue 12, point 9)."""
+    digest = _sha256(tiny)
     with http(store_server) as h:
-        docs = lines(h.post("/api/create", json={"model": "fromfile", "from": str(tiny), "template": JINJA}))
+        outside = h.post("/api/create", json={"model": "fromfile", "from": str(tiny), "stream": False})
+        assert outside.status_code == 400 and "outside the model store" in outside.json()["error"]
+        assert h.post(f"/api/blobs/{digest}", content=tiny.read_bytes()).status_code == 201
+        path = blob_file(store_server, digest)
+        docs = lines(h.post("/api/create", json={"model": "fromfile", "from": str(path), "template": JINJA}))
         assert docs[0] == {"status": "parsing GGUF"} and docs[-1] == {"status": "success"}
         tags = {m["name"]: m for m in h.get("/api/tags").json()["models"]}
     assert tags["fromfile:latest"]["details"]["family"] == "llama"
-    digest = _sha256(tiny)
     assert layer_digest(manifest_of(store_server, "fromfile"), "model") == digest
-    path = blob_file(store_server, digest)
-    assert path.is_file() and not path.is_symlink()  # copied into the store: deleting the source file is safe
+    assert path.is_file() and not path.is_symlink()
     delete_quietly(store_server, "fromfile")
     assert not path.exists()
 
@@ -231,9 +238,13 @@ def test_create_from_a_gguf_file_on_the_server(store_server: HerdServer, tiny: P
     ({"model": "x", "files": {"model.gguf": ""}}, 400, "invalid digest format"),
     ({"model": "x", "files": {"model.gguf": "sha256:../../etc/passwd"}}, 400, "invalid digest format"),
     ({"model": "x", "files": {"model.gguf": "sha256:" + "a" * 64}}, 400, "not found"),
-    ({"model": "x", "from": "/dev/null"}, 400, "not a regular file"),
-    ({"model": "x", "from": "/etc/hostname"}, 400, "supplied file was not in GGUF format"),
-    ({"model": "x", "from": "./no/such/file.gguf"}, 400, "no such file"),
+    ({"model": "x", "from": "/dev/null"}, 400, "outside the model store"),
+    ({"model": "x", "from": "/etc/hostname"}, 400, "outside the model store"),
+    ({"model": "x", "from": "./no/such/file.gguf"}, 400, "outside the model store"),
+    ({"model": "x", "modelfile": "FROM /etc/passwd\n"}, 400, "outside the model store"),
+    ({"model": "x", "modelfile": "FROM smollm2:135m\nADAPTER ../x\n"}, 400, "adapters"),
+    ({"model": "x", "from": BASE, "renderer": "qwen3-coder"}, 400, 'RENDERER "qwen3-coder" is not supported'),
+    ({"model": "x", "from": BASE, "parser": "qwen3"}, 400, 'PARSER "qwen3" is not supported'),
     ({"model": "x", "from": BASE, "adapters": {"a.gguf": "sha256:" + "a" * 64}}, 400, "adapters"),
     ({"model": 5, "from": BASE}, 400, "json: cannot unmarshal number into Go struct field CreateRequest.model"),
 ])
@@ -347,7 +358,8 @@ def test_delete_prunes_only_unreferenced_blobs(store_server: HerdServer) -> None
 
     c.delete("keep-x")
     assert blob_file(store_server, system).exists()  # keep-y still names it
-    assert not blob_file(store_server, stray_digest).exists()  # nothing names it
+    # An upload no manifest names yet (its create has not run) is not keep-x's to take, as in Ollama.
+    assert blob_file(store_server, stray_digest).exists()
     c.delete("keep-y")
     assert not blob_file(store_server, system).exists()
     assert blob_file(store_server, model).exists()  # the base model still names the weights

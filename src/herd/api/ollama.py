@@ -15,6 +15,7 @@ from herd.api.errors import OllamaJSON, ollama_error
 from herd.api.streaming import NDJSON, dumps, stream_response, until_disconnect
 from herd.chat import ChatChunk, drain
 from herd.errors import HerdError, InvalidRequest
+from herd.registry.models import off_loop
 from herd.schemas import ollama as wire
 
 router = APIRouter()
@@ -34,7 +35,8 @@ async def version() -> Response:
 
 @router.api_route("/api/tags", methods=["GET", "HEAD"])
 async def tags(request: Request) -> Response:
-    return OllamaJSON({"models": services(request).models.tags()})
+    # Off the loop: listing reads every manifest and, for a model not seen before, its GGUF header.
+    return OllamaJSON({"models": await off_loop(services(request).models.tags)})
 
 
 @router.get("/api/ps")
@@ -44,9 +46,9 @@ async def ps(request: Request) -> Response:
 
 @router.get("/api/herd/runners")
 async def runners(request: Request) -> Response:
-    from herd.model_views import runner_status
+    from herd.scheduler.views import runner_view
 
-    return OllamaJSON({"runners": await runner_status(services(request).scheduler)})
+    return OllamaJSON({"runners": await runner_view(services(request).scheduler)})
 
 
 @router.post("/api/show", openapi_extra=openapi_body(wire.ShowRequest))
@@ -54,7 +56,8 @@ async def show(request: Request) -> Response:
     try:
         body = await read_json(request, services(request).settings.max_body_bytes)
         req = wire.decode(wire.ShowRequest, body, "ShowRequest")
-        return OllamaJSON(services(request).models.show(req.model or req.name or "", bool(req.verbose), req.system))
+        models = services(request).models
+        return OllamaJSON(await off_loop(models.show, req.model or req.name or "", bool(req.verbose), req.system))
     except HerdError as exc:
         return ollama_error(exc)
 

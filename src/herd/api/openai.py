@@ -21,6 +21,7 @@ from herd.chat import ChatChunk
 from herd.embed import EmbedService
 from herd.errors import HerdError
 from herd.generate import GenerateService
+from herd.registry.models import off_loop
 from herd.schemas import openai as wire
 from herd.schemas.ollama import decode
 
@@ -84,13 +85,13 @@ async def completions(request: Request) -> Response:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
-    return OpenAIJSON(compat.list_models(services(request).catalog))
+    return OpenAIJSON(await off_loop(compat.list_models, services(request).catalog))
 
 
 @router.get("/v1/models/{model:path}")
 async def get_model(request: Request, model: str) -> Response:
     try:
-        return OpenAIJSON(compat.get_model(services(request).catalog, model))
+        return OpenAIJSON(await off_loop(compat.get_model, services(request).catalog, model))
     except HerdError as exc:
         return openai_error(exc)
 

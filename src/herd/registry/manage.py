@@ -6,7 +6,6 @@ and which with single quotes.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -16,11 +15,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from herd.errors import BlobNotFound, DigestMismatch, InvalidRequest, LimitExceeded, ModelNotFound, StorageFailed
+from herd.registry.models import off_loop
 from herd.registry.names import InvalidName, ModelName, is_valid_digest
 from herd.registry.store import Store
 
-# Upload bytes are written in slices of this size, each in a worker thread: large enough that the thread hop costs
-# nothing next to the write, small enough that memory stays flat for multi-gigabyte blobs.
+# Upload bytes are written in slices of this size, each in a registry thread (models.off_loop): large enough that the
+# thread hop costs nothing next to the write, small enough that memory stays flat for multi-gigabyte blobs.
 _WRITE_SLICE = 4 << 20
 
 
@@ -74,11 +74,11 @@ class ModelManager:
                         raise LimitExceeded(f"blob too large (limit {limit} bytes)")
                     buf += chunk
                     if len(buf) >= _WRITE_SLICE:
-                        await asyncio.to_thread(_write_and_hash, f, hasher, bytes(buf))
+                        await off_loop(_write_and_hash, f, hasher, bytes(buf))
                         buf.clear()
                 if buf:
-                    await asyncio.to_thread(_write_and_hash, f, hasher, bytes(buf))
-                await asyncio.to_thread(os.fsync, f.fileno())
+                    await off_loop(_write_and_hash, f, hasher, bytes(buf))
+                await off_loop(os.fsync, f.fileno())
             got = "sha256:" + hasher.hexdigest()
             if got != digest:
                 raise DigestMismatch(f"digest mismatch, expected {go_quote(digest)}, got {go_quote(got)}")
@@ -87,7 +87,8 @@ class ModelManager:
         except OSError as exc:
             raise StorageFailed(f"cannot write blob: {exc.strerror or exc}") from None
         finally:
-            tmp.unlink(missing_ok=True)
+            # In a thread: after a mismatch or a cut upload the file may be gigabytes, and unlinking it takes a while.
+            await off_loop(tmp.unlink, missing_ok=True)
 
     # ---- copy (spec 5.10) --------------------------------------------------------------------------------
     def copy(self, source: str, destination: str) -> None:

@@ -2,15 +2,60 @@
 
 from __future__ import annotations
 
+import asyncio
+import builtins
+import functools
 import json
 import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from herd.errors import ModelNotFound
 from herd.registry.gguf_info import GGUFInfo, read_gguf_info
 from herd.registry.store import Store, StoredModel
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+# The store's blocking work (header reads, manifest listing, copy, delete, blob writes) runs here, not in asyncio's
+# default executor: that one also holds threads that wait for a runner to load or for the tokenizer, and under load
+# they can all be busy, which would make /api/tags wait for a model load. Four threads: the work is disk-bound.
+_REGISTRY_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="herd-registry")
+
+
+async def off_loop(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a blocking registry call in the registry's threads; the event loop goes on meanwhile."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_REGISTRY_POOL, functools.partial(fn, *args, **kwargs))
+
+
+class cached_property(Generic[T]):
+    """functools.cached_property without Python 3.11's lock, which is one lock per property for every instance: while
+    a worker thread reads a 256k-token vocabulary for one model, the event loop asking any other model's uncached
+    `gguf` would wait for it. Without the lock two threads may compute a value twice; read_gguf_info and the
+    template parses are idempotent, so that costs only time, and read_gguf_info lets one parse per blob run."""
+
+    def __init__(self, fn: Callable[[Any], T]) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> cached_property[T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> T: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> T | cached_property[T]:
+        if obj is None:
+            return self
+        value = self.fn(obj)
+        obj.__dict__[self.name] = value  # a non-data descriptor: the instance attribute wins from now on
+        return value
 
 
 class TemplateKind:
@@ -163,8 +208,8 @@ class ResolvedModel:
                 caps.append("tools")
             if ("<think>" in source and "</think>" in source) or "</think>" in source:
                 caps.append("thinking")
-        if info.has_vision or self.projector_path is not None:
-            caps.append("vision")
+        # No "vision" yet, even with a projector: the engine does not run projectors, so images must be refused
+        # (400 does not support vision) rather than silently dropped.
         return tuple(caps)
 
     @property
@@ -181,30 +226,56 @@ class ResolvedModel:
             "quantization_level": str(cfg.get("file_type") or self.gguf.file_type),
         }
 
+    def prepare(self) -> ResolvedModel:
+        """Compute every cached fact (the GGUF header, templates, capabilities, the text layers) now, so that later
+        uses on the event loop are attribute reads. Blocking: run it in a worker thread. Errors are left for the
+        caller's own use of the property to raise, with the wording its endpoint wants."""
+        for name in ("gguf", "config", "template", "capabilities", "system", "license", "parameters", "messages"):
+            try:
+                getattr(self, name)
+            except Exception:  # a broken model is reported where it is used
+                continue
+        return self
+
 
 class ModelCatalog:
-    """Name -> ResolvedModel, cached per manifest digest so template parsing and GGUF reads happen once."""
+    """Name -> ResolvedModel, cached per manifest digest so template parsing and GGUF reads happen once.
+
+    `resolve` and `list` read the store (and a first use reads the GGUF header): they block. On the event loop, use
+    `aresolve` and `alist`, which do that work, and compute every cached fact, in a worker thread."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._cache: dict[tuple[str, str], ResolvedModel] = {}
 
-    def resolve(self, name: str) -> ResolvedModel:
-        stored = self.store.find(name)
+    def _model(self, stored: StoredModel) -> ResolvedModel:
         key = (stored.name.key, stored.digest)
         model = self._cache.get(key)
         if model is None:
-            model = ResolvedModel(stored, self.store)
-            self._cache[key] = model
+            # setdefault: two threads resolving one new model keep one object (and so one set of cached facts).
+            model = self._cache.setdefault(key, ResolvedModel(stored, self.store))
         return model
 
+    def resolve(self, name: str) -> ResolvedModel:
+        return self._model(self.store.find(name))
+
     def list(self) -> list[ResolvedModel]:
-        out = []
-        for stored in self.store.list():
-            key = (stored.name.key, stored.digest)
-            model = self._cache.get(key)
-            if model is None:
-                model = ResolvedModel(stored, self.store)
-                self._cache[key] = model
-            out.append(model)
+        out = [self._model(stored) for stored in self.store.list()]
+        # Forget models that are gone (deleted, or re-created under a new digest), so churn does not grow the cache.
+        live = {(m.stored.name.key, m.digest) for m in out}
+        for key in [k for k in list(self._cache) if k not in live]:  # list(): other threads add keys
+            self._cache.pop(key, None)
         return out
+
+    def warm(self, name: str) -> None:
+        """Resolve and prepare a model, ignoring every error: a request's own resolve raises them with its wording."""
+        try:
+            self.resolve(name).prepare()
+        except Exception:
+            pass
+
+    async def aresolve(self, name: str) -> ResolvedModel:
+        return await off_loop(lambda: self.resolve(name).prepare())
+
+    async def alist(self) -> builtins.list[ResolvedModel]:
+        return await off_loop(lambda: [m.prepare() for m in self.list()])

@@ -172,8 +172,13 @@ class Store:
 
     def _iter_manifest_files(self) -> Iterator[Path]:
         root = self.manifests.resolve()
-        for path in self.manifests.rglob("*"):
-            if path.is_file() and not path.name.startswith(".tmp-"):
+        # os.walk, not rglob: listing runs in worker threads now, beside a delete that removes folders, and os.walk
+        # skips a folder that vanishes under it where rglob raises FileNotFoundError.
+        for folder, _, files in os.walk(self.manifests):
+            for file_name in files:
+                path = Path(folder) / file_name
+                if file_name.startswith(".tmp-") or not path.is_file():
+                    continue
                 # A symlink that leads out of the store is not a model: listing it would read a file outside the
                 # store, and find() refuses it anyway (_manifest_file).
                 if path.is_symlink() and not path.resolve().is_relative_to(root):
@@ -233,7 +238,9 @@ class Store:
             model = self.find(text)
             self._manifest_file(model.name).unlink()
             self._prune_dirs(self._manifest_file(model.name).parent)
-            self.prune_blobs()
+            # Only this model's own layers, as Ollama's delete does: a blob uploaded through /api/blobs for a
+            # create that has not run yet is named by no manifest, and must survive a delete of another model.
+            self.prune_blobs({layer.digest for layer in (model.manifest.config, *model.manifest.layers)})
 
     def _prune_dirs(self, folder: Path) -> None:
         while folder != self.manifests and folder.is_dir() and not any(folder.iterdir()):
@@ -254,15 +261,17 @@ class Store:
                 self._pinned.subtract(names)
                 self._pinned += Counter()  # drop the zero counts
 
-    def prune_blobs(self) -> None:
-        """Remove blobs no manifest names: shared blobs survive deleting one of their models."""
+    def prune_blobs(self, only: set[str] | None = None) -> None:
+        """Remove blobs no manifest names (of `only`, when given: those digests): shared blobs survive deleting
+        one of their models."""
         with self._lock:
             used = set()
             for model in self.list():
                 for layer in (model.manifest.config, *model.manifest.layers):
                     used.add(blob_filename(layer.digest))
+            wanted = None if only is None else {blob_filename(d) for d in only}
             for blob in self.blobs.iterdir():
-                if blob.name in used or self._pinned[blob.name] > 0:
+                if (wanted is not None and blob.name not in wanted) or blob.name in used or self._pinned[blob.name] > 0:
                     continue
                 # `sha256-<hex>-partial` is an interrupted pull kept for resuming (registry/transfer.py), not a blob.
                 if blob.name.startswith("sha256-") and not blob.name.endswith("-partial"):
