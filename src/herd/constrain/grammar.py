@@ -33,9 +33,16 @@ JSON_WHITESPACE: Final = r"(?: |\n{1,2}[ \t]{0,20})?"
 # Given as `overrides`, so a client's own "x-guidance" cannot switch the whitespace bound off.
 JSON_OPTIONS: Final[dict[str, Any]] = {"whitespace_pattern": JSON_WHITESPACE, "lenient": True}
 
-# format:"json". Ollama's grammar for it has `root ::= object`; arrays are allowed too because a top-level
-# list is also something clients ask for in prose ("return a JSON list of ..."). Values inside are any JSON.
-JSON_MODE_SCHEMA: Final[dict[str, Any]] = {"type": ["object", "array"]}
+# format:"json" (and /v1 response_format json_object): Ollama's JSON grammar has `root ::= object`, so the answer
+# is always an object (langchain-ollama's tests rely on it). Values inside are any JSON.
+JSON_MODE_SCHEMA: Final[dict[str, Any]] = {"type": "object"}
+
+# Schema keywords whose values are subschemas, by shape: one schema, a list of them, or a name -> schema map.
+_SUBSCHEMA: Final = ("items", "additionalItems", "contains", "not", "if", "then", "else", "propertyNames",
+                     "unevaluatedItems", "unevaluatedProperties")
+_SUBSCHEMA_LISTS: Final = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMA_MAPS: Final = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_NUMBER_BOUND: Final = 10**16 - 1
 
 DEFAULT_OPEN_TAG: Final = "<tool_call>"
 DEFAULT_CLOSE_TAG: Final = "</tool_call>"
@@ -80,9 +87,52 @@ def grammar_for_format(fmt: object) -> str | None:
         raise InvalidFormat(
             f'invalid format: {_go_quote(_json_text(fmt))}; expected "json" or a valid JSON Schema object'
         )
-    grammar = schema_grammar(schema)
+    grammar = schema_grammar(as_ollama_reads(schema))
     check_grammar(grammar)
     return grammar
+
+
+def as_ollama_reads(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema as Ollama's format constraint reads it (llama.cpp's json-schema-to-grammar): an object schema
+    that lists `properties` and says nothing of `additionalProperties` admits no other keys. Plain JSON Schema,
+    which llguidance follows, admits any extra key, and a small model then invents keys until it runs out of
+    tokens. A copy is returned; the client's schema is not changed."""
+
+    def walk(node: Any, close: bool = True) -> Any:
+        if isinstance(node, list):
+            return [walk(x, close) for x in node]
+        if not isinstance(node, dict):
+            return node
+        out = dict(node)
+        for key in _SUBSCHEMA:
+            if isinstance(out.get(key), dict):
+                out[key] = walk(out[key])
+        for key in _SUBSCHEMA_LISTS:
+            if isinstance(out.get(key), list):
+                # The parts of an allOf describe one object together (llama.cpp merges their properties):
+                # closing each part would refuse the keys the other parts declare.
+                out[key] = walk(out[key], close=key != "allOf")
+        for key in _SUBSCHEMA_MAPS:
+            if isinstance(out.get(key), dict):
+                out[key] = {k: walk(v) for k, v in out[key].items()}
+        if isinstance(out.get("additionalProperties"), dict):
+            out["additionalProperties"] = walk(out["additionalProperties"])
+        if close and isinstance(out.get("properties"), dict) and "additionalProperties" not in out \
+                and "allOf" not in out:
+            out["additionalProperties"] = False
+        types = out.get("type")
+        types = set(types) if isinstance(types, list) else {types}
+        if "number" in types or "integer" in types:
+            # llama.cpp's number rule has at most 16 integral and 16 fractional digits; plain JSON Schema has no
+            # bound, and a sampled answer can then write digits until num_predict ends it. llguidance bounds
+            # digits only through ranges and multipleOf (1e-10 is the finest step it takes), so those stand in.
+            out.setdefault("maximum", _NUMBER_BOUND)
+            out.setdefault("minimum", -_NUMBER_BOUND)
+            if "number" in types and "integer" not in types:
+                out.setdefault("multipleOf", 1e-10)
+        return out
+
+    return walk(schema)  # type: ignore[no-any-return]
 
 
 def schema_grammar(schema: dict[str, Any]) -> str:
@@ -132,7 +182,10 @@ def grammar_for_tool_calls(
     """
     calls = _call_rules(tools, arguments_key)
     close = _tag_expr(close_tag, special_tags)
-    body = f"SEP call SEP {close}" if close else "SEP call"
+    # Inside a tag, the calls may also be written as one JSON list (`<tool_call>[{...}, {...}]</tool_call>`, the
+    # form SmolLM2's template asks for); the parser reads both.
+    one = "(call | call_list)" if open_tag else "call"
+    body = f"SEP {one} SEP {close}" if close else f"SEP {one}"
     lines = ["%llguidance {}"]
     if open_tag:
         # `opener` is lazy: the lexeme ends the moment the tag is complete, so the model cannot keep writing
@@ -151,6 +204,8 @@ def grammar_for_tool_calls(
             "calls: body (SEP body)* SEP",
         ]
     lines += [f"body: {body}", f"SEP: /{_SEP_RE}/", *calls]
+    if open_tag:
+        lines.append('call_list: "[" SEP call (SEP "," SEP call)* SEP "]"')
     return LLMatcher.grammar_from_lark("\n".join(lines) + "\n")
 
 
@@ -217,7 +272,8 @@ def _call_schema(tool: ToolSpec, arguments_key: str) -> dict[str, Any]:
 
 
 def _wrap_call(name: str, arguments_key: str, parameters: object) -> dict[str, Any]:
-    params: dict[str, Any] = copy.deepcopy(parameters) if isinstance(parameters, dict) else {}
+    # Read like a format schema (no undeclared keys), so a small model cannot invent arguments without end.
+    params: dict[str, Any] = as_ollama_reads(copy.deepcopy(parameters)) if isinstance(parameters, dict) else {}
     # Arguments are always an object in Ollama's ToolCall; `{}` or a schema without "type" would otherwise let
     # the model write a string or a number there.
     params.setdefault("type", "object")
@@ -327,7 +383,7 @@ def grammar_for_format_after_thinking(
     """
     if grammar_for_format(fmt) is None:  # validates fmt and the schema with the usual errors
         return None
-    schema = JSON_MODE_SCHEMA if fmt == "json" else fmt
+    schema = JSON_MODE_SCHEMA if fmt == "json" else as_ollama_reads(fmt)  # type: ignore[arg-type]
     answer = {**schema, "x-guidance": JSON_OPTIONS}  # type: ignore[dict-item]
     lines = ["%llguidance {}"]
     if prefilled:

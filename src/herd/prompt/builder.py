@@ -104,6 +104,22 @@ def render(model: ResolvedModel, messages: Sequence[Message], tools: Sequence[To
     )
 
 
+def leave_last_assistant_open(text: str, messages: Sequence[Message]) -> str:
+    """When the conversation ends with an assistant message, the model continues it (Open WebUI's "continue
+    response", a prefilled answer): cut the rendered prompt right after that message's text, so neither its
+    end-of-turn marker nor a new assistant header follows. Ollama's templates do this with `$last`; for the
+    others (Jinja, or Go templates that always close a turn) this is what HF's `continue_final_message` does."""
+    if not messages or messages[-1].role != "assistant":
+        return text
+    content = messages[-1].content
+    for candidate in (content, content.strip()):
+        if candidate:
+            i = text.rfind(candidate)
+            if i >= 0:
+                return text[: i + len(candidate)]
+    return text
+
+
 def build_prompt(
     model: ResolvedModel,
     messages: Sequence[Message],
@@ -116,7 +132,7 @@ def build_prompt(
     msgs = assemble_messages(model, messages)
 
     def attempt(candidate: list[Message]) -> tuple[str, tuple[int, ...], int]:
-        text = render(model, candidate, tools, think)
+        text = leave_last_assistant_open(render(model, candidate, tools, think), candidate)
         images = sum(len(m.images) for m in candidate)
         return text, encoder.encode(text), images
 

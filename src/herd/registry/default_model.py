@@ -2,6 +2,10 @@
 
 The file is located through importlib.metadata without importing the package (importing it would pull in `llm`).
 The blob is a symlink into site-packages, so nothing is copied; the digest is cached by path, size and mtime.
+
+The manifest carries the same template, system prompt and stop parameters as Ollama's library `smollm2:135m`
+(template blob dfebd0343bdd), not the GGUF's embedded Jinja template: that one has no tools, so clients that send
+tools with every chat (Open WebUI does) would get "does not support tools" where Ollama answers.
 """
 
 from __future__ import annotations
@@ -24,6 +28,59 @@ from herd.registry.store import (
 
 DEFAULT_MODEL = "smollm2:135m"
 ALIASES = ("smollm2", "smollm2:latest")
+
+# The format of Ollama's library template for SmolLM2: tools in the system turn, calls written as a JSON list
+# inside <tool_call>...</tool_call> (the form SmolLM2 was tuned on), and a trailing assistant message left open so
+# a client can have the model continue it. The instructions are the model's own tool-use prompt. As in the library
+# template, a system prompt without tools is not closed with <|im_end|>.
+LIBRARY_TEMPLATE = """{{- if .Messages }}
+{{- if .Tools }}<|im_start|>system
+You are an expert in composing functions. You are given a question and a set of possible functions.
+Based on the question, you will need to make one or more function/tool calls to achieve the purpose.
+If none of the functions can be used, point it out and refuse to answer.
+If the given question lacks the parameters required by the function, also point it out.
+
+You have access to the following tools:
+<tools>{{ .Tools }}</tools>
+
+The output MUST strictly adhere to the following format, and NO other text MUST be included.
+The example format is as follows. Please make sure the parameter type is correct. If no function call is needed, \
+please make the tool calls an empty list '[]'.
+<tool_call>[
+{"name": "func_name1", "arguments": {"argument1": "value1", "argument2": "value2"}},
+(more tool calls as required)
+]</tool_call><|im_end|>
+{{ else if .System }}<|im_start|>system
+{{ .System }}
+{{ end }}
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 -}}
+{{- if eq .Role "user" }}<|im_start|>user
+{{ .Content }}<|im_end|>
+{{ else if eq .Role "assistant" }}<|im_start|>assistant
+{{ if .Content }}{{ .Content }}
+{{- else if .ToolCalls }}<tool_call>[
+{{ range .ToolCalls }}{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}{{ end }}
+]</tool_call>
+{{- end }}{{ if not $last }}<|im_end|>
+{{ end }}
+{{- else if eq .Role "tool" }}<|im_start|>user
+<tool_response>
+{{ .Content }}
+</tool_response><|im_end|>
+{{ end }}
+{{- if and (ne .Role "assistant") $last }}<|im_start|>assistant
+{{ end }}
+{{- end }}
+{{- else }}
+{{- if .System }}<|im_start|>system
+{{ .System }}<|im_end|>
+{{ end }}{{ if .Prompt }}<|im_start|>user
+{{ .Prompt }}<|im_end|>
+{{ end }}<|im_start|>assistant
+{{ end }}{{ .Response }}{{ if .Response }}<|im_end|>{{ end }}"""
+LIBRARY_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+LIBRARY_PARAMS = {"stop": ["<|im_start|>", "<|im_end|>"]}
 
 
 def default_model_file() -> Path | None:
@@ -69,6 +126,11 @@ def config_blob(store: Store, gguf_path: Path, digest: str) -> Layer:
     return Layer(CONFIG_MEDIA_TYPE, layer.digest, layer.size)
 
 
+def _text_layer(store: Store, kind: str, text: str) -> Layer:
+    blob = store.write_blob(text.encode())
+    return Layer(LAYER_PREFIX + kind, blob.digest, blob.size)
+
+
 def register_default_model(store: Store) -> ModelName | None:
     path = default_model_file()
     if path is None:
@@ -76,16 +138,21 @@ def register_default_model(store: Store) -> ModelName | None:
     name = ModelName.parse(DEFAULT_MODEL)
     digest = _cached_digest(store, path)
     digest, size = store.add_blob_file(path, digest=digest, link=True)
-    model_layer = Layer(LAYER_PREFIX + "model", digest, size)
+    layers = (
+        Layer(LAYER_PREFIX + "model", digest, size),
+        _text_layer(store, "template", LIBRARY_TEMPLATE),
+        _text_layer(store, "system", LIBRARY_SYSTEM),
+        _text_layer(store, "params", json.dumps(LIBRARY_PARAMS, separators=(",", ":"))),
+    )
     try:
         existing = store.find(DEFAULT_MODEL)
-        if existing.manifest.layer("model") == model_layer:
+        if existing.manifest.layers == layers:
             for alias in ALIASES:
                 store.add_alias(alias, name)
             return name
-    except Exception:
+    except Exception:  # no such model yet, or an unreadable manifest: write it anew
         pass
-    manifest = Manifest(config=config_blob(store, path, digest), layers=(model_layer,))
+    manifest = Manifest(config=config_blob(store, path, digest), layers=layers)
     store.write_manifest(name, manifest)
     for alias in ALIASES:
         store.add_alias(alias, name)

@@ -362,11 +362,16 @@ def _check_calls(text: str, arguments_key: str = "arguments") -> list[str]:
     assert bodies, text
     names = []
     for body in bodies:
-        call = json.loads(body)
-        assert set(call) == {"name", arguments_key}
-        tool = BY_NAME[call["name"]]
-        jsonschema.validate(call[arguments_key], tool.parameters)
-        names.append(tool.name)
+        value = json.loads(body)
+        # One call per tag, or (SmolLM2's form) a non-empty list of calls in one tag.
+        calls = value if isinstance(value, list) else [value]
+        assert calls
+        for call in calls:
+            assert set(call) == {"name", arguments_key}
+            tool = BY_NAME[call["name"]]
+            jsonschema.validate(call[arguments_key], tool.parameters)
+            jsonschema.validate(call[arguments_key], {**tool.parameters, "additionalProperties": False})
+            names.append(tool.name)
     assert CALL_RE.sub("", text.split("<tool_call>", 1)[1].join(["<tool_call>", ""])).strip() == ""
     return names
 
@@ -504,3 +509,61 @@ def test_per_token_cost(
         )
     with capsys.disabled():
         print("\nconstraint apply()+accept() per token: " + "; ".join(lines))
+
+
+def _admits(constraint: Constraint, vocab: Vocab, text: str) -> bool:
+    """Whether the constraint lets the model write `text` (token by token, as the default model spells it)."""
+    for token in vocab.tokenize(text):
+        logits = np.zeros(vocab.n_tokens, dtype=np.float32)
+        constraint.apply(logits)
+        if not np.isfinite(logits[token]):
+            return False
+        constraint.accept(token)
+    return True
+
+
+def test_schema_without_additional_properties_admits_no_other_key(tokenizer: LLTokenizer, vocab: Vocab) -> None:
+    # Issue 11 point 7: Ollama (llama.cpp's converter) reads a schema that lists properties and says nothing of
+    # additionalProperties as closed; plain JSON Schema would let the model add keys.
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}}
+    grammar = grammar_for_format(schema)
+    assert _admits(Constraint(tokenizer, grammar), vocab, '{"name": "Bob", "age": 30}')
+    assert not _admits(Constraint(tokenizer, grammar), vocab, '{"name": "Bob", "age_range"')
+    nested = {"type": "object", "properties": {"p": {"type": "array", "items": {
+        "type": "object", "properties": {"x": {"type": "integer"}}}}}}
+    assert not _admits(Constraint(tokenizer, grammar_for_format(nested)), vocab, '{"p": [{"x": 1, "y"')
+    # Saying so still opens the object, as in Ollama.
+    opened = {**schema, "additionalProperties": True}
+    assert _admits(Constraint(tokenizer, grammar_for_format(opened)), vocab, '{"name": "Bob", "age": 3, "z": 1}')
+
+
+def test_json_mode_gives_an_object_never_an_array(tokenizer: LLTokenizer, vocab: Vocab) -> None:
+    grammar = grammar_for_format("json")
+    assert not _admits(Constraint(tokenizer, grammar), vocab, "[1]")
+    assert _admits(Constraint(tokenizer, grammar), vocab, '{"a": [1, {"b": null}]}')
+
+
+def test_calls_may_be_one_json_list_inside_the_tag(tokenizer: LLTokenizer, vocab: Vocab) -> None:
+    grammar = grammar_for_tool_calls(TOOLS)
+    text = '<tool_call>[\n{"name": "' + TOOLS[0].name + '", "arguments": '
+    assert _admits(Constraint(tokenizer, grammar, what="tools"), vocab, text)
+    assert not _admits(Constraint(tokenizer, grammar, what="tools"), vocab, '<tool_call>["x"')
+    assert not _admits(Constraint(tokenizer, grammar, what="tools"), vocab, '<tool_call>[{"name": "nope"')
+
+
+def test_all_of_parts_are_not_closed_one_by_one(tokenizer: LLTokenizer, vocab: Vocab) -> None:
+    schema = {"allOf": [{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+                        {"type": "object", "properties": {"b": {"type": "integer"}}, "required": ["b"]}]}
+    assert _admits(Constraint(tokenizer, grammar_for_format(schema)), vocab, '{"a": 1, "b": 2}')
+
+
+def test_numbers_have_bounded_digits_as_in_llama_cpp(tokenizer: LLTokenizer, vocab: Vocab) -> None:
+    # A sampled answer could otherwise write digits until num_predict ends it (seen with score: number).
+    schema = {"type": "object", "properties": {"score": {"type": "number"}, "n": {"type": "integer"}}}
+    grammar = grammar_for_format(schema)
+    assert _admits(Constraint(tokenizer, grammar), vocab, '{"score": -3.25, "n": 42}')
+    assert not _admits(Constraint(tokenizer, grammar), vocab, '{"score": 1.1234567890123456789')
+    assert not _admits(Constraint(tokenizer, grammar), vocab, '{"score": 1, "n": 123456789012345678901')
+    # A schema's own bounds stand.
+    own = {"type": "number", "minimum": 0, "maximum": 1}
+    assert not _admits(Constraint(tokenizer, grammar_for_format(own)), vocab, "2")
