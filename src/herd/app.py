@@ -54,9 +54,13 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # Go's mux answers unknown routes and wrong methods in plain text.
         if exc.status_code == 405:
-            # Starlette's router names the route's methods in the exception; HTTP (and Ollama) send them as Allow.
+            # Starlette's router names the route's methods in the exception (from a set: sorted here, so the header
+            # is the same every time); HTTP, and Ollama, send them as Allow.
+            headers = dict(exc.headers or {})
+            if "Allow" in headers:
+                headers["Allow"] = ", ".join(sorted(m.strip() for m in headers["Allow"].split(",")))
             return PlainTextResponse("405 method not allowed", status_code=405, media_type="text/plain",
-                                     headers=dict(exc.headers or {}))
+                                     headers=headers)
         if exc.status_code == 404:
             return PlainTextResponse("404 page not found", status_code=404, media_type="text/plain")
         return PlainTextResponse(str(exc.detail), status_code=exc.status_code, media_type="text/plain")

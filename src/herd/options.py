@@ -18,11 +18,12 @@ FLOAT_OPTIONS = {
     "temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
     "mirostat_tau", "mirostat_eta", "tfs_z",
 }
-# Accepted and not used, as Ollama does (clients such as LangChain and Open WebUI still send them); on the CPU the
-# GPU placement options have nothing to place.
+# Accepted and not used, as Ollama does (clients such as LangChain and Open WebUI still send them). On the CPU the
+# GPU placement options have nothing to place, and without a draft model draft_num_predict has nothing to draft
+# (Ollama ignores both the same way).
 IGNORED_OPTIONS = frozenset({
     "mirostat", "mirostat_tau", "mirostat_eta", "tfs_z", "penalize_newline", "low_vram", "f16_kv", "vocab_only",
-    "logits_all", "num_gqa", "embedding_only", "use_mlock", "numa",
+    "logits_all", "num_gqa", "embedding_only", "use_mlock", "numa", "num_gpu", "main_gpu", "draft_num_predict",
 })
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,9 @@ import sys
 import ollama
 import pytest
 
+from herd.registry.default_model import LIBRARY_TEMPLATE
 from tests.integration.conftest import MODEL
+from tests.integration.custom_models import add_model
 from tests.integration.server import HerdServer
 
 pytestmark = pytest.mark.integration
@@ -32,7 +34,7 @@ def test_ollama_client_listing_calls(server: HerdServer) -> None:
     client = ollama.Client(host=server.url)
     assert MODEL in [m.model for m in client.list().models]
     shown = client.show(MODEL)
-    assert shown.capabilities == ["completion"] and shown.modelinfo["general.architecture"] == "llama"
+    assert shown.capabilities == ["completion", "tools"] and shown.modelinfo["general.architecture"] == "llama"
     client.chat(model=MODEL, messages=[], keep_alive="5m")
     assert MODEL in [m.model for m in client.ps().models]
     with pytest.raises(ollama.ResponseError) as info:
@@ -65,5 +67,10 @@ def test_cli_run_list_ps_show_stop(server: HerdServer) -> None:
 
 
 def test_cli_repl_streams_answers_and_keeps_history(server: HerdServer) -> None:
-    out = cli(server, "run", MODEL, stdin="Say hello.\n/bye\n")
+    # The default model's answers can run on for thousands of tokens (the context shifts): a copy whose Modelfile
+    # bounds them keeps the REPL test short.
+    short = add_model(server.models_dir, "repl-short:latest", template=LIBRARY_TEMPLATE,
+                      params={"num_predict": 40, "stop": ["<|im_start|>", "<|im_end|>"]})
+    out = cli(server, "run", short, stdin="Say hello.\n/bye\n")
+    assert cli(server, "stop", short).returncode == 0  # later tests of the shared server expect no other model
     assert out.returncode == 0 and out.stdout.strip()

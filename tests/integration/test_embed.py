@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,15 @@ from tests.integration.server import HerdServer
 pytestmark = pytest.mark.integration
 
 N_EMBD = 576  # SmolLM2-135M's hidden size
+
+
+@pytest.fixture(scope="module", autouse=True)
+def unload_when_done(server: HerdServer) -> Iterator[None]:
+    """The default model's embedding runner is a runner of its own: end it with this module, so later tests of
+    the shared server find only the chat runner they expect."""
+    yield
+    with httpx.Client(base_url=server.url, timeout=60) as h:
+        h.post("/api/chat", json={"model": MODEL, "messages": [], "keep_alive": 0})
 
 
 def norm(v: list[float]) -> float:

@@ -38,6 +38,11 @@ STREAMS = 8
 
 def test_runner_killed_under_eight_streams(server: HerdServer) -> None:
     with httpx.Client(base_url=server.url, timeout=60) as h:
+        # Only the chat runner: unloading ends every runner of the model (an embedding one too, if a test left it).
+        h.post("/api/chat", json={"model": MODEL, "messages": [], "keep_alive": 0})
+        deadline = time.monotonic() + 30
+        while server.runner_pids() and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert h.post("/api/chat", json={"model": MODEL, "messages": [], "keep_alive": "5m"}).status_code == 200
     pids = server.runner_pids()
     assert len(pids) == 1

@@ -249,6 +249,12 @@ class Worker:
             slot.busy = True
             try:
                 sampler = self.make_sampler(cmd)
+                window = self.penalty_window(cmd)
+                if window:
+                    # As llama.cpp's server does, the prompt's last tokens count for the penalties too: "say cat ten
+                    # times" penalises the "cat" the user wrote, not only the ones the model writes.
+                    for tok in tokens[-window:]:
+                        self.L.llama_sampler_accept(sampler, tok)
                 constraint = self.make_constraint(cmd.grammar) if cmd.grammar else None
             except Exception as exc:  # a grammar llguidance refuses must fail this request only
                 slot.busy = False
