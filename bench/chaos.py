@@ -135,7 +135,8 @@ def one_request(c: httpx.Client, tally: Tally, kind: str, path: str, body: dict[
         else:
             tally.add("hung", kind, f"{type(exc).__name__} after {time.monotonic() - t0:.1f} s")
     except Hung as exc:
-        tally.add("hung", kind, str(exc))
+        # Past a deliberately short deadline the client gives up, as with a timeout: that is a cancellation.
+        tally.add("cancelled" if cancel_on_timeout else "hung", kind, str(exc))
     except (httpx.HTTPError, ValueError) as exc:
         tally.add("failed_unclear", kind, f"{type(exc).__name__}: {exc}")
 
@@ -270,8 +271,9 @@ def main() -> int:
         print(f"busy slots left               {busy}")
         print(f"a chat after the run          {alive}")
         if procs is not None:
-            print(f"runner processes left         {procs} for {len(loaded)} loaded model(s): "
-                  f"{max(0, procs - len(loaded))} beyond the loaded models")
+            # A model may hold two runners (chat and embeddings): compare with the runners the server reports.
+            print(f"runner processes left         {procs} for {len(loaded)} loaded model(s) with {len(runners)} "
+                  f"runner(s): {max(0, procs - len(runners))} beyond the loaded runners")
         if pid:
             print(f"server RSS                    {rss_start / 1e6:.1f} MB at start, {rss_end / 1e6:.1f} MB at end")
         print("by kind:", ", ".join(f"{k} {v}" for k, v in sorted(tally.kinds.items())))
