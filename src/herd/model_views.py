@@ -128,23 +128,6 @@ class ModelViews:
         return out
 
 
-async def runner_status(scheduler: Scheduler) -> list[dict[str, object]]:
-    """herd's own view of each runner (not an Ollama endpoint): busy sequences and cached tokens per slot."""
-    out = []
-    for entry, _ in scheduler.snapshot():
-        status = getattr(entry.runner, "status", None)
-        if status is None:
-            continue
-        try:
-            st = await status()
-        except Exception:
-            continue
-        out.append({"model": entry.name, "pid": getattr(entry.runner, "pid", None), "active": st.active,
-                    "free_slots": st.free_slots, "slot_tokens": list(st.slot_tokens),
-                    "prompt_evaluated": st.prompt_evaluated, "prompt_cached": st.prompt_cached})
-    return out
-
-
 def _param_items(params: dict[str, object]) -> tuple[tuple[str, object], ...]:
     items: list[tuple[str, object]] = []
     for key, value in params.items():
