@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from herd.config import Settings
-from herd.engine.protocol import DoneEvent, LoadSpec, SamplingParams, TokenLogprob
+from herd.engine.protocol import DoneEvent, ImageInput, LoadSpec, SamplingParams, TokenLogprob
 from herd.engine.runner import Runner
 from herd.engine.tokenizer import Tokenizer, get_tokenizer
 from herd.errors import CapabilityMissing, EmptyPrompt, ModelNotFound, RunnerFailed
+from herd.images import DecodedImage, decode_all, image_digest
 from herd.limits import RequestLimits
 from herd.options import Limits, load_options, merge, sampling_params
 from herd.parsing.base import Delta, IncrementalParser, PassThrough, ToolCall
@@ -46,6 +47,7 @@ class ChatChunk:
     metrics: Metrics | None = None
     context: tuple[int, ...] = field(default_factory=tuple)
     debug_prompt: str | None = None
+    image_count: int = 0  # with debug_prompt: the images the prompt places
 
 
 async def drain(chunks: AsyncIterator[ChatChunk]) -> ChatChunk:
@@ -72,6 +74,23 @@ async def drain(chunks: AsyncIterator[ChatChunk]) -> ChatChunk:
 
 def not_found(name: str) -> ModelNotFound:
     return ModelNotFound(f"model '{name}' not found")
+
+
+VISION_MIN_CTX = 2048  # spec 2.7: vision models get at least this context
+
+
+async def decode_images(images: list[bytes]) -> dict[bytes, DecodedImage]:
+    """Decode a request's images off the event loop: bytes that are not an image are a 400 before any work."""
+    return await asyncio.to_thread(decode_all, images) if images else {}
+
+
+def image_inputs(image_at: tuple[int, ...], images: tuple[bytes, ...], decoded: Mapping[bytes, DecodedImage]
+                 ) -> tuple[ImageInput, ...]:
+    out = []
+    for at, data in zip(image_at, images):
+        d = decoded[image_digest(data)]
+        out.append(ImageInput(at, d.digest, d.width, d.height, d.rgb))
+    return tuple(out)
 
 
 class ChatService:
@@ -103,15 +122,20 @@ class ChatService:
 
     def load_spec(self, model: ResolvedModel, opts: dict[str, object], embedding: bool = False) -> LoadSpec:
         lo = load_options(opts, model.gguf.context_length, self.limits)
+        projector = model.projector_path if not embedding else None
+        num_ctx = lo.num_ctx
+        if projector is not None and num_ctx < VISION_MIN_CTX:
+            num_ctx = min(VISION_MIN_CTX, model.gguf.context_length or VISION_MIN_CTX)
         return LoadSpec(
             model_path=str(model.model_path),
-            num_ctx=lo.num_ctx,
+            num_ctx=num_ctx,
             num_batch=lo.num_batch,
             num_parallel=1 if embedding else self.settings.num_parallel,
             num_thread=lo.num_thread,
             use_mmap=lo.use_mmap,
             embedding=embedding,
             prompt_cache=self.settings.prompt_cache,
+            projector_path=str(projector) if projector is not None else "",
         )
 
     def check_capabilities(self, model: ResolvedModel, turn: ChatTurn, sent_name: str) -> Think | None:
@@ -140,6 +164,7 @@ class ChatService:
             yield ChatChunk(done=True, done_reason="unload")
             return
         think = self.check_capabilities(model, turn, turn.model)
+        decoded = await decode_images([i for m in turn.messages for i in m.images])
         opts = merge(model.parameters, turn.options)
         self.request_limits.check_options(opts)  # the stop list's bounds, Modelfile and request together
         spec = self.load_spec(model, opts)
@@ -155,17 +180,18 @@ class ChatService:
                 build_prompt, model, turn.messages, turn.tools, think, spec.num_ctx, tokenizer, turn.truncate
             )
             if turn.debug_render_only:
-                yield ChatChunk(done=False, debug_prompt=prompt.text)
+                yield ChatChunk(done=False, debug_prompt=prompt.display_text, image_count=len(prompt.image_at))
                 return
             if not prompt.tokens:
                 raise EmptyPrompt()  # zero tokens would give the runner nothing to decode from: it would never end
             async for chunk in self.generate_turn(loaded.runner, model, turn, think, prompt, tokenizer, sampling,
-                                                  grammar, t0, t_loaded):
+                                                  grammar, t0, t_loaded, decoded):
                 yield chunk
 
     async def generate_turn(
         self, runner: Runner, model: ResolvedModel, turn: ChatTurn, think: Think | None, prompt: RenderedPrompt,
         tokenizer: Tokenizer, sampling: SamplingParams, grammar: str | None, t0: int, t_loaded: int,
+        decoded: Mapping[bytes, DecodedImage] | None = None,
     ) -> AsyncIterator[ChatChunk]:
         """Generate from a rendered prompt on a leased runner, parse, and end with the metrics chunk. Shared by
         /api/chat and /api/generate."""
@@ -175,8 +201,9 @@ class ChatService:
         first_sampling = replace(sampling, stop=sampling.stop + (THINK_CLOSE,)) if two_phase else sampling
         done: DoneEvent | None = None
         raw: list[str] = []
+        images = image_inputs(prompt.image_at, prompt.images, decoded or {})
         async for ev in runner.generate(prompt.tokens, first_sampling, turn.logprobs, turn.top_logprobs,
-                                        first_grammar):
+                                        first_grammar, images):
             if isinstance(ev, DoneEvent):
                 done = ev
                 break
@@ -194,11 +221,12 @@ class ChatService:
             # under the constraint. The prompt plus the thinking is a prefix of the KV cache: only the close
             # tag is evaluated again.
             parser.feed(THINK_CLOSE)
-            tokens = tokenizer.encode(prompt.text + "".join(raw) + THINK_CLOSE + "\n")
+            enc = prompt.encode_more(prompt.text + "".join(raw) + THINK_CLOSE + "\n", tokenizer)
             left = sampling.num_predict - first.eval_count if sampling.num_predict >= 0 else -1
             answer_grammar = self.grammar_for(model, turn, None)
-            async for ev in runner.generate(tokens, replace(sampling, num_predict=left), turn.logprobs,
-                                            turn.top_logprobs, answer_grammar):
+            async for ev in runner.generate(enc.tokens, replace(sampling, num_predict=left), turn.logprobs,
+                                            turn.top_logprobs, answer_grammar,
+                                            image_inputs(enc.image_at, prompt.images, decoded or {})):
                 if isinstance(ev, DoneEvent):
                     done = ev
                     break

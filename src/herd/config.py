@@ -100,6 +100,7 @@ class Settings:
     max_messages: int = 10000
     max_images: int = 32  # per request
     max_image_bytes: int = 20 * 1024 * 1024  # per image, decoded
+    allow_image_urls: bool = False  # /v1 image_url parts with http(s) URLs: fetched by the server only if set
     max_tools: int = 256
     max_embed_inputs: int = 2048  # inputs per embed request
     max_embed_tokens: int = 262144  # tokens over all of an embed request's inputs, after truncation
@@ -153,6 +154,7 @@ class Settings:
             max_messages=max(1, _int(cls.max_messages, "HERD_MAX_MESSAGES")),
             max_images=max(0, _int(cls.max_images, "HERD_MAX_IMAGES")),
             max_image_bytes=max(1, _int(cls.max_image_bytes, "HERD_MAX_IMAGE_BYTES")),
+            allow_image_urls=(_env("HERD_ALLOW_IMAGE_URLS") or "0") not in ("0", "false", "off", ""),
             max_tools=max(0, _int(cls.max_tools, "HERD_MAX_TOOLS")),
             max_embed_inputs=max(1, _int(cls.max_embed_inputs, "HERD_MAX_EMBED_INPUTS")),
             max_embed_tokens=max(1, _int(cls.max_embed_tokens, "HERD_MAX_EMBED_TOKENS")),

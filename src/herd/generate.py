@@ -15,11 +15,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import cast
 
-from herd.chat import ChatChunk, ChatService
+from herd.chat import ChatChunk, ChatService, decode_images
 from herd.engine.tokenizer import Tokenizer, get_tokenizer
 from herd.errors import CapabilityMissing, EmptyPrompt, InvalidRequest, ModelNotFound, PromptTooLong
 from herd.options import merge, sampling_params
 from herd.prompt.builder import NUM_KEEP, PROMPT_TOO_LONG, THINK_OPEN, Encoder, RenderedPrompt, build_prompt
+from herd.prompt.images import ImageTags, encode_with_images
 from herd.registry.models import ResolvedModel
 from herd.registry.names import InvalidName, ModelName
 from herd.types import ChatTurn, Message, Think
@@ -115,6 +116,7 @@ class GenerateService:
         if req.raw and (req.template or req.system or req.context):
             raise InvalidRequest(RAW_CONFLICT)
         think = self.check_capabilities(model, req)
+        decoded = await decode_images(list(req.images))
         opts = merge(model.parameters, req.options)
         chat.request_limits.check_options(opts)
         spec = chat.load_spec(model, opts)
@@ -129,14 +131,14 @@ class GenerateService:
             tokenizer = await asyncio.to_thread(get_tokenizer, spec.model_path)
             prompt = await asyncio.to_thread(self.build_prompt, model, req, think, spec.num_ctx, tokenizer)
             if req.debug_render_only:
-                yield ChatChunk(debug_prompt=prompt.text)
+                yield ChatChunk(debug_prompt=prompt.display_text)
                 return
             if not prompt.tokens:
                 # A template that renders nothing (`{{ .System }}` without a system) on a model without BOS: the
                 # runner would get zero tokens and never finish.
                 raise EmptyPrompt()
             async for chunk in chat.generate_turn(loaded.runner, model, turn, think, prompt, tokenizer, sampling,
-                                                  grammar, t0, t_loaded):
+                                                  grammar, t0, t_loaded, decoded):
                 if chunk.done and req.raw:
                     # Raw prompts return no context (Ollama): they were never part of a templated conversation.
                     chunk = replace(chunk, context=())
@@ -145,12 +147,16 @@ class GenerateService:
     # ---- prompt ------------------------------------------------------------------------------------------
     def build_prompt(self, model: ResolvedModel, req: GenerateRequest, think: Think | None, num_ctx: int,
                      tokenizer: Tokenizer) -> RenderedPrompt:
+        tags = ImageTags.new() if req.images else None
         if req.raw:
-            return _fit(req.prompt, tokenizer.encode(req.prompt), num_ctx, req.truncate, think)
+            return _fit(_raw_with_images(req.prompt, len(req.images), tags), tags, req.images, tokenizer, num_ctx,
+                        req.truncate, think)
         # The deprecated `context`: earlier tokens, detokenised and put in front of the new prompt (Ollama).
         prefix = tokenizer.decode(req.context) if req.context else ""
         if req.suffix:
             text = _fill_in_the_middle(req.template or model.template[1], req, think)
+            if tags is not None:
+                text = "".join(tags.tag(n) for n in range(len(req.images))) + text
         else:
             messages: list[Message] = []
             system = req.system or model.system
@@ -162,8 +168,9 @@ class GenerateService:
             if req.template:
                 from herd.prompt import gotemplate
 
+                marked = tags.mark_contents(messages) if tags is not None else messages
                 text = gotemplate.render_chat(
-                    gotemplate.GoTemplate(req.template), cast("list[gotemplate.MessageLike]", messages), (),
+                    gotemplate.GoTemplate(req.template), cast("list[gotemplate.MessageLike]", marked), (),
                     think=think.enabled if think is not None else None,
                     think_level=think.level if think is not None else "",
                 )
@@ -174,8 +181,23 @@ class GenerateService:
                 if not prefix:
                     return rendered
                 text = rendered.text
-        full = prefix + text
-        return _fit(full, tokenizer.encode(full), num_ctx, req.truncate, think)
+                tags = rendered.image_tags
+        return _fit(prefix + text, tags, req.images, tokenizer, num_ctx, req.truncate, think)
+
+
+def _raw_with_images(prompt: str, count: int, tags: ImageTags | None) -> str:
+    """A raw prompt places its images with `[img-N]` (Ollama's runner reads those); images it does not place go
+    in front of it."""
+    if tags is None:
+        return prompt
+    prefix = ""
+    for n in range(count):
+        ref = f"[img-{n}]"
+        if ref in prompt:
+            prompt = prompt.replace(ref, tags.tag(n))
+        else:
+            prefix += tags.tag(n)
+    return prefix + prompt
 
 
 def _fill_in_the_middle(source: str, req: GenerateRequest, think: Think | None) -> str:
@@ -191,14 +213,18 @@ def _fill_in_the_middle(source: str, req: GenerateRequest, think: Think | None) 
     })
 
 
-def _fit(text: str, tokens: tuple[int, ...], num_ctx: int, truncate: bool, think: Think | None) -> RenderedPrompt:
+def _fit(text: str, tags: ImageTags | None, images: tuple[bytes, ...], encoder: Encoder, num_ctx: int,
+         truncate: bool, think: Think | None) -> RenderedPrompt:
     """A prompt with no messages to drop: like Ollama's runner, keep the first num_keep tokens and the end,
-    leaving one position for the answer (or refuse, with truncate:false)."""
+    leaving one position for the answer (or refuse, with truncate:false or when images would be cut off)."""
+    enc = encode_with_images(text, tags, encoder.encode)
+    tokens = enc.tokens
     if len(tokens) >= num_ctx:
-        if not truncate:
+        if not truncate or enc.image_at:
             raise PromptTooLong(PROMPT_TOO_LONG)
         keep = min(NUM_KEEP, num_ctx // 2)
         tokens = tokens[:keep] + tokens[len(tokens) - (num_ctx - keep - 1):]
     prefilled = think is not None and think.enabled and text.rstrip().endswith(THINK_OPEN)
-    return RenderedPrompt(text, tokens, prefilled)
+    return RenderedPrompt(text, tokens, prefilled, len(images), tags, enc.image_at,
+                          tuple(images[r] for r in enc.image_refs if r < len(images)))
 

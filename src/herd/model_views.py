@@ -6,7 +6,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from herd.errors import ModelNotFound
-from herd.registry.gguf_info import read_gguf_full
+from herd.registry.gguf_info import read_gguf_full, read_gguf_info
 from herd.registry.models import ModelCatalog, ResolvedModel
 from herd.scheduler.scheduler import Scheduler
 
@@ -103,6 +103,10 @@ class ModelViews:
             doc["tensors"] = [{"name": t.name, "type": t.type, "shape": list(t.shape)} for t in full.tensors]
         else:
             doc["model_info"] = model.gguf.model_info(False)
+        if model.projector_path is not None:
+            # Ollama's projector_info: the projector GGUF's metadata, shown by model_info's rules.
+            projector = read_gguf_full(model.projector_path) if verbose else read_gguf_info(model.projector_path)
+            doc["projector_info"] = projector.model_info(verbose)
         doc["capabilities"] = list(model.capabilities)
         doc["modified_at"] = rfc3339_local(model.stored.modified_at)
         return doc

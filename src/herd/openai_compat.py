@@ -19,7 +19,7 @@ from typing import Any
 
 from herd.chat import ChatChunk, drain
 from herd.embed import EmbedRequest, EmbedResult
-from herd.errors import InvalidRequest, ModelNotFound
+from herd.errors import InvalidRequest, LimitExceeded, ModelNotFound
 from herd.generate import GenerateRequest
 from herd.parsing.base import ToolCall
 from herd.registry.models import ModelCatalog
@@ -41,7 +41,9 @@ _EFFORT: dict[str, Think] = {
 }
 _EFFORT_ERROR = ('invalid reasoning value: "{}" (must be "minimal", "low", "medium", "high", "xhigh", "ultra", '
                  '"max", or "none")')
-_IMAGE_PREFIXES = tuple(f"data:image/{t};base64," for t in ("jpeg", "jpg", "png", "webp"))
+_IMAGE_PREFIXES = tuple(f"data:image/{t};base64," for t in ("jpeg", "jpg", "png", "webp", "gif", "bmp"))
+IMAGE_URLS_REFUSED = ("image URLs are not currently supported, please use base64 encoded data instead (or start "
+                      "the server with HERD_ALLOW_IMAGE_URLS=1 to let it fetch them)")
 
 
 def _go_type(value: object) -> str:
@@ -66,9 +68,40 @@ def new_id(prefix: str) -> str:
 # ---- chat.completions: request ------------------------------------------------------------------------------
 
 
+def _remote(url: object) -> bool:
+    return isinstance(url, str) and url.startswith(("http://", "https://"))
+
+
+def _image_url_parts(req: wire.ChatCompletionRequest) -> list[dict[str, object]]:
+    """The image_url content parts of a request, in order."""
+    out = []
+    for m in req.messages:
+        if isinstance(m.content, list):
+            out.extend(p for p in m.content if isinstance(p, dict) and p.get("type") == "image_url")
+    return out
+
+
+async def fetch_remote_images(req: wire.ChatCompletionRequest, max_bytes: int, max_images: int) -> None:
+    """With HERD_ALLOW_IMAGE_URLS=1: each http(s) image URL fetched now and put back as a data URL, so the
+    translation below sees only inline images. Bounded by the request's image limits."""
+    import base64
+
+    from herd.image_fetch import fetch_image
+
+    parts = _image_url_parts(req)
+    if len(parts) > max_images:
+        raise LimitExceeded(f"{len(parts)} images exceed the limit of {max_images} per request")
+    for part in parts:
+        spec = part.get("image_url")
+        url = spec.get("url") if isinstance(spec, dict) else spec
+        if _remote(url):
+            data = await fetch_image(str(url), max_bytes)
+            part["image_url"] = {"url": "data:;base64," + base64.b64encode(data).decode()}
+
+
 def _image(url: str) -> bytes:
-    if url.startswith(("http://", "https://")):
-        raise InvalidRequest("image URLs are not currently supported, please use base64 encoded data instead")
+    if _remote(url):
+        raise InvalidRequest(IMAGE_URLS_REFUSED)
     if url.startswith("data:;base64,"):  # a blank MIME type, like the native API's bare base64
         data = url[len("data:;base64,"):]
     else:

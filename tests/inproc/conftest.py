@@ -86,7 +86,7 @@ class FakeRunner:
         self.loaded = True
 
     async def generate(self, tokens: tuple[int, ...], sampling: SamplingParams, logprobs: bool, top_logprobs: int,
-                       grammar: str | None) -> AsyncIterator[TextEvent | DoneEvent]:
+                       grammar: str | None, images: tuple[object, ...] = ()) -> AsyncIterator[TextEvent | DoneEvent]:
         req = next(_ids)
         fakes = self.fakes
         fakes.started.append(req)

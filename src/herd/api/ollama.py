@@ -83,7 +83,8 @@ def chat_chunk_json(model: str, chunk: ChatChunk) -> dict[str, object]:
 
 def debug_json(model: str, chunk: ChatChunk) -> dict[str, object]:
     return {"model": model, "created_at": wire.now_rfc3339(), "message": {"role": "", "content": ""},
-            "done": False, "_debug_info": {"rendered_template": chunk.debug_prompt, "image_count": 0}}
+            "done": False, "_debug_info": {"rendered_template": chunk.debug_prompt,
+                                           "image_count": chunk.image_count}}
 
 
 async def aggregate_chat(model: str, chunks: AsyncIterator[ChatChunk], with_tools: bool) -> dict[str, object]:

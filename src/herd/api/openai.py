@@ -51,6 +51,9 @@ async def chat_completions(request: Request) -> Response:
     try:
         body = await read_json(request, svc.settings.max_body_bytes)
         req = decode(wire.ChatCompletionRequest, body, "ChatCompletionRequest")
+        if svc.settings.allow_image_urls:
+            await until_disconnect(request, compat.fetch_remote_images(req, svc.settings.max_image_bytes,
+                                                                       svc.settings.max_images))
         turn = compat.chat_turn(req)
         chunks = svc.chat.chat(turn)
         images = sum(len(m.images) for m in turn.messages)

@@ -69,6 +69,7 @@ class LoadSpec:
     use_mmap: bool
     embedding: bool = False
     prompt_cache: bool = True
+    projector_path: str = ""  # a vision projector (mmproj GGUF) loaded with mtmd next to the model
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,18 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class ImageInput:
+    """One image of a prompt: it goes before token `at` of GenerateCmd.tokens. The runner turns it into the
+    model's image tokens with mtmd; `digest` names it in the slot's prompt cache."""
+
+    at: int
+    digest: bytes
+    width: int
+    height: int
+    rgb: bytes
+
+
+@dataclass(frozen=True)
 class GenerateCmd:
     req_id: int
     tokens: tuple[int, ...]
@@ -99,6 +112,7 @@ class GenerateCmd:
     logprobs: bool = False
     top_logprobs: int = 0
     grammar: str | None = None
+    images: tuple[ImageInput, ...] = ()
 
 
 @dataclass(frozen=True)

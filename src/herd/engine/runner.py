@@ -26,6 +26,7 @@ from herd.engine.protocol import (
     EmbedCmd,
     EmbedEvent,
     GenerateCmd,
+    ImageInput,
     LoadSpec,
     Ready,
     SamplingParams,
@@ -81,7 +82,8 @@ class Runner(Protocol):
     async def start(self, timeout: float) -> None: ...
 
     def generate(
-        self, tokens: tuple[int, ...], sampling: SamplingParams, logprobs: bool, top_logprobs: int, grammar: str | None
+        self, tokens: tuple[int, ...], sampling: SamplingParams, logprobs: bool, top_logprobs: int, grammar: str | None,
+        images: tuple[ImageInput, ...] = (),
     ) -> AsyncIterator[TextEvent | DoneEvent]: ...
 
     async def embed(self, inputs: tuple[tuple[int, ...], ...]) -> EmbedEvent: ...
@@ -276,14 +278,15 @@ class ProcessRunner:
             raise RunnerFailed(RUNNER_STOPPED) from None
 
     async def generate(
-        self, tokens: tuple[int, ...], sampling: SamplingParams, logprobs: bool, top_logprobs: int, grammar: str | None
+        self, tokens: tuple[int, ...], sampling: SamplingParams, logprobs: bool, top_logprobs: int, grammar: str | None,
+        images: tuple[ImageInput, ...] = (),
     ) -> AsyncIterator[TextEvent | DoneEvent]:
         req_id = next(_ids)
         q = _Inbox()
         self._queues[req_id] = q
         finished = False
         try:
-            self._send(GenerateCmd(req_id, tokens, sampling, logprobs, top_logprobs, grammar))
+            self._send(GenerateCmd(req_id, tokens, sampling, logprobs, top_logprobs, grammar, images))
             while True:
                 ev = await q.get()
                 if isinstance(ev, Exception):

@@ -7,7 +7,8 @@ ending the process. The loop, each step:
   3. build one batch: one token for every decoding sequence, then prompt chunks of prefilling sequences, so a long
      prompt is prefilled over several steps while the other streams keep decoding;
   4. llama_decode, then sample each sequence that produced logits with its own sampler chain (and grammar);
-  5. send all events of the step in one message.
+  5. evaluate at most one image chunk of a prefilling sequence (engine/vision.py), on its own;
+  6. send all events of the step in one message.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from herd.engine.protocol import (
     TopLogprob,
     frame,
 )
+from herd.engine.vision import ImageChunk, PreparedImage, Vision
 from herd.parsing.stop import StopMatcher
 
 # While others decode, a prefilling sequence adds at most this many prompt tokens per step, so each step (and so
@@ -65,7 +67,7 @@ class Sequence:
     sampler: object
     stop: StopMatcher
     decoder: codecs.IncrementalDecoder
-    pending: list[int]  # prompt tokens not yet in the KV cache
+    pending: list[int | ImageChunk]  # prompt tokens (and image chunks) not yet in the KV cache
     cached: int
     constraint: object | None = None
     generated: list[int] = field(default_factory=list)
@@ -76,6 +78,8 @@ class Sequence:
     max_tokens: int = -1
     greedy: bool = False  # the chain is greedy alone: the token is the argmax of the logits
     shifted: bool = False  # a context shift happened: KV after num_keep was computed over dropped tokens
+    prompt_tokens: int = 0  # text tokens plus image tokens, as Ollama counts prompt_eval_count
+    images: list[PreparedImage] = field(default_factory=list)  # mtmd chunks, freed when the sequence ends
 
 
 class Worker:
@@ -126,6 +130,8 @@ class Worker:
         self.batch = L.llama_batch_init(self.n_batch, 0, 1)
         self.embedder = Embedder(L, self.model, self.ctx, self.batch, self.n_batch, spec.num_ctx) if spec.embedding \
             else None
+        self.vision = Vision(L, self.model, self.ctx, spec.projector_path, spec.num_thread, self.n_batch) \
+            if spec.projector_path and not spec.embedding else None
         self.slots = [Slot(i) for i in range(n_par)]
         self.waiting: deque[GenerateCmd] = deque()
         self.active: dict[int, Sequence] = {}
@@ -216,16 +222,61 @@ class Worker:
         if seq is not None:
             self.finish(seq, "cancel")
 
+    def prompt_items(self, cmd: GenerateCmd) -> tuple[list[int | ImageChunk], list[PreparedImage]]:
+        """The prompt as the KV cache will hold it: text tokens, with each image's mtmd chunks where it goes."""
+        if not cmd.images:
+            return list(cmd.tokens), []
+        if self.vision is None:
+            raise ValueError("this model has no vision projector loaded: it cannot take images")
+        prepared: list[PreparedImage] = []
+        items: list[int | ImageChunk] = []
+        last = 0
+        try:
+            for image in cmd.images:
+                items.extend(cmd.tokens[last:image.at])
+                last = image.at
+                p = self.vision.prepare(image)
+                prepared.append(p)
+                items.extend(p.items)
+        except Exception:
+            for p in prepared:
+                self.vision.free(p)
+            raise
+        items.extend(cmd.tokens[last:])
+        return items, prepared
+
+    @staticmethod
+    def cache_keys(items: list[int | ImageChunk]) -> list[int]:
+        """One entry per KV position: the token, or the image's key at each of its positions."""
+        keys: list[int] = []
+        for item in items:
+            if isinstance(item, ImageChunk):
+                keys.extend([item.key] * item.n_pos)
+            else:
+                keys.append(item)
+        return keys
+
     def assign_slots(self) -> None:
         while self.waiting:
             free = [s for s in self.slots if not s.busy]
             if not free:
                 return
             cmd = self.waiting.popleft()
-            tokens = list(cmd.tokens)
+            try:
+                items, prepared = self.prompt_items(cmd)
+            except Exception as exc:
+                self.events.append(DoneEvent(cmd.req_id, "error", error=str(exc)))
+                continue
+            tokens = self.cache_keys(items)
+            what = ""
             if not tokens or len(tokens) >= self.spec.num_ctx:
                 # The server refuses these before sending them; a runner never decodes a batch it cannot hold.
                 what = "prompt is empty" if not tokens else f"prompt of {len(tokens)} tokens does not fit num_ctx"
+            elif isinstance(items[-1], ImageChunk):
+                what = "a prompt must not end with an image: the answer needs a text token after it"
+            if what:
+                for p in prepared:
+                    self.vision.free(p)  # type: ignore[union-attr]
                 self.events.append(DoneEvent(cmd.req_id, "error", error=what))
                 continue
 
@@ -244,6 +295,16 @@ class Worker:
                 slot = min(free, key=lambda s: s.last_used)
                 keep = 0
             keep = min(keep, len(tokens) - 1)  # the last prompt token is always evaluated: it yields the logits
+            # Reuse whole items only: a prefix that ends inside an image keeps none of it.
+            pending: list[int | ImageChunk] = []
+            pos = 0
+            for i, item in enumerate(items):
+                width = item.n_pos if isinstance(item, ImageChunk) else 1
+                if pos + width > keep:
+                    keep = pos
+                    pending = items[i:]
+                    break
+                pos += width
             self.L.llama_memory_seq_rm(self.mem, slot.seq_id, keep, -1)
             del slot.tokens[keep:]
             slot.busy = True
@@ -253,11 +314,13 @@ class Worker:
                 if window:
                     # As llama.cpp's server does, the prompt's last tokens count for the penalties too: "say cat ten
                     # times" penalises the "cat" the user wrote, not only the ones the model writes.
-                    for tok in tokens[-window:]:
+                    for tok in cmd.tokens[-window:]:
                         self.L.llama_sampler_accept(sampler, tok)
                 constraint = self.make_constraint(cmd.grammar) if cmd.grammar else None
             except Exception as exc:  # a grammar llguidance refuses must fail this request only
                 slot.busy = False
+                for p in prepared:
+                    self.vision.free(p)  # type: ignore[union-attr]
                 self.events.append(DoneEvent(cmd.req_id, "error", error=str(exc)))
                 continue
             max_tokens = cmd.sampling.num_predict
@@ -270,12 +333,14 @@ class Worker:
                 sampler=sampler,
                 stop=StopMatcher(cmd.sampling.stop),
                 decoder=codecs.getincrementaldecoder("utf-8")("replace"),
-                pending=tokens[keep:],
+                pending=pending,
                 cached=keep,
                 constraint=constraint,
                 t_start=time.perf_counter_ns(),
                 max_tokens=max_tokens,
                 greedy=self.greedy_only(cmd),
+                prompt_tokens=sum(i.n_tokens if isinstance(i, ImageChunk) else 1 for i in items),
+                images=prepared,
             )
             self.active[cmd.req_id] = seq
             self.prompt_cached += keep
@@ -296,35 +361,58 @@ class Worker:
             n += 1
         budget = self.n_batch - n
         chunk_cap = INTERLEAVED_PREFILL_CHUNK if decoding else budget
+        image_seq: Sequence | None = None
         for seq in prefilling:
-            if budget <= 0:
-                seq.batch_index = -1
+            seq.batch_index = -1
+            if isinstance(seq.pending[0], ImageChunk):
+                if image_seq is None:
+                    image_seq = seq
                 continue
-            take = min(len(seq.pending), budget, max(chunk_cap, 1))
+            if budget <= 0:
+                continue
+            run = 0  # text tokens up to the next image
+            limit = min(len(seq.pending), budget, max(chunk_cap, 1))
+            while run < limit and not isinstance(seq.pending[run], ImageChunk):
+                run += 1
             pos = len(seq.slot.tokens)
-            chunk = seq.pending[:take]
+            chunk = seq.pending[:run]
             for j, tok in enumerate(chunk):
-                put_token(batch, n, tok, pos + j, seq.slot.seq_id, False)
+                put_token(batch, n, tok, pos + j, seq.slot.seq_id, False)  # type: ignore[arg-type]
                 n += 1
-            seq.slot.tokens.extend(chunk)
-            del seq.pending[:take]
-            budget -= take
+            seq.slot.tokens.extend(chunk)  # type: ignore[arg-type]
+            del seq.pending[:run]
+            budget -= run
             if not seq.pending:
                 batch.logits[n - 1] = 1
                 seq.batch_index = n - 1
+        if n:
+            batch.n_tokens = n
+            rc = L.llama_decode(self.ctx, batch)
+            if rc != 0:
+                self.decode_apart(decoding + prefilling, n, rc)
             else:
-                seq.batch_index = -1
-        if n == 0:
+                now = time.perf_counter_ns()
+                for seq in decoding + prefilling:
+                    if seq.batch_index >= 0 and seq.cmd.req_id in self.active:
+                        self.sample(seq, now)
+        if image_seq is not None and image_seq.cmd.req_id in self.active:
+            self.evaluate_image(image_seq)
+
+    def evaluate_image(self, seq: Sequence) -> None:
+        """The sequence's next prompt item is an image chunk: encode it and decode it into the sequence's KV, on
+        its own (embeddings cannot share a batch with tokens). One per step: the other streams wait one image."""
+        chunk = seq.pending[0]
+        assert isinstance(chunk, ImageChunk) and self.vision is not None
+        pos = len(seq.slot.tokens)
+        try:
+            self.vision.evaluate(chunk, pos, seq.slot.seq_id)
+        except Exception as exc:
+            seq.slot.tokens.clear()  # what the failed decode left in the KV is unknown: drop it all
+            self.L.llama_memory_seq_rm(self.mem, seq.slot.seq_id, 0, -1)
+            self.finish(seq, "error", error=str(exc))
             return
-        batch.n_tokens = n
-        rc = L.llama_decode(self.ctx, batch)
-        if rc != 0:
-            self.decode_apart(decoding + prefilling, n, rc)
-            return
-        now = time.perf_counter_ns()
-        for seq in decoding + prefilling:
-            if seq.batch_index >= 0 and seq.cmd.req_id in self.active:
-                self.sample(seq, now)
+        seq.slot.tokens.extend([chunk.key] * chunk.n_pos)
+        del seq.pending[0]
 
     def decode_apart(self, seqs: list[Sequence], n: int, rc: int) -> None:
         """A batch failed to decode (llama.cpp then restores the KV cache as it was). Decode each sequence's part
@@ -447,7 +535,7 @@ class Worker:
             DoneEvent(
                 seq.cmd.req_id,
                 reason,
-                prompt_tokens=len(seq.cmd.tokens),
+                prompt_tokens=seq.prompt_tokens,
                 cached_tokens=seq.cached,
                 eval_count=len(seq.generated),
                 prompt_eval_ns=t_first - seq.t_start,
@@ -457,6 +545,9 @@ class Worker:
             )
         )
         self.L.llama_sampler_free(seq.sampler)
+        for p in seq.images:
+            self.vision.free(p)  # type: ignore[union-attr]
+        seq.images.clear()
         if seq.shifted:
             # The cells after num_keep were computed while the dropped tokens were in context: they are not what a
             # fresh prompt of the same tokens would give, so a later request may reuse only the kept start.

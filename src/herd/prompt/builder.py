@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 
 from herd.errors import PromptTooLong
+from herd.prompt.images import (
+    EncodedPrompt,
+    ImageTags,
+    encode_with_images,
+    jinja_content,
+    tag_template_markers,
+    template_image_marker,
+)
 from herd.prompt.jinja import render_jinja
 from herd.registry.models import ResolvedModel, TemplateKind
 from herd.types import Message, Think, ToolDef
@@ -34,10 +42,21 @@ class Encoder:
 
 @dataclass(frozen=True)
 class RenderedPrompt:
-    text: str
+    text: str  # with image tags where images go (see prompt/images.py)
     tokens: tuple[int, ...]
     thinking_prefilled: bool  # the template already opened the thinking block
     image_count: int = 0
+    image_tags: ImageTags | None = None
+    image_at: tuple[int, ...] = ()  # per image input: the token offset it goes before
+    images: tuple[bytes, ...] = ()  # per image input: the image, as sent
+
+    @property
+    def display_text(self) -> str:
+        return self.image_tags.display(self.text) if self.image_tags else self.text
+
+    def encode_more(self, text: str, encoder: Encoder) -> EncodedPrompt:
+        """A longer prompt that starts with this one (the thinking turn's continuation), images in place."""
+        return encode_with_images(text, self.image_tags, encoder.encode)
 
 
 def assemble_messages(model: ResolvedModel, messages: Sequence[Message]) -> list[Message]:
@@ -56,8 +75,8 @@ def assemble_messages(model: ResolvedModel, messages: Sequence[Message]) -> list
     return msgs
 
 
-def _jinja_message(m: Message) -> dict[str, object]:
-    doc: dict[str, object] = {"role": m.role, "content": m.content}
+def _jinja_message(m: Message, parts: bool = False) -> dict[str, object]:
+    doc: dict[str, object] = {"role": m.role, "content": jinja_content(m) if parts else m.content}
     if m.thinking:
         doc["thinking"] = m.thinking
         doc["reasoning_content"] = m.thinking
@@ -75,11 +94,44 @@ def _jinja_message(m: Message) -> dict[str, object]:
     return doc
 
 
-def render(model: ResolvedModel, messages: Sequence[Message], tools: Sequence[ToolDef], think: Think | None) -> str:
+def _probe_render(source: str, messages: list[dict[str, object]]) -> str:
+    return render_jinja(source, {"messages": messages, "add_generation_prompt": True, "bos_token": "",
+                                 "eos_token": ""})
+
+
+def render(model: ResolvedModel, messages: Sequence[Message], tools: Sequence[ToolDef], think: Think | None,
+           tags: ImageTags | None = None) -> str:
+    """The prompt text; with `tags`, each image of `messages` is an image tag where the template places it."""
+    kind, source = model.template
+    count = sum(len(m.images) for m in messages)
+    if tags is not None and count:
+        if kind == TemplateKind.JINJA:
+            marker = template_image_marker(source, _probe_render)
+            if marker:
+                tagged = tag_template_markers(_render(model, messages, tools, think, parts=True), marker, count, tags)
+                if tagged is not None:
+                    return tagged
+        elif _go_uses_images(source):
+            return _render(model, messages, tools, think, image_values=tags)
+        messages = tags.mark_contents(messages)
+    return _render(model, messages, tools, think)
+
+
+def _go_uses_images(source: str) -> bool:
+    from herd.prompt import gotemplate
+
+    try:
+        return "images" in gotemplate.GoTemplate(source).identifiers
+    except Exception:
+        return False
+
+
+def _render(model: ResolvedModel, messages: Sequence[Message], tools: Sequence[ToolDef], think: Think | None,
+            parts: bool = False, image_values: ImageTags | None = None) -> str:
     kind, source = model.template
     if kind == TemplateKind.JINJA:
         variables: dict[str, object] = {
-            "messages": [_jinja_message(m) for m in messages],
+            "messages": [_jinja_message(m, parts) for m in messages],
             "add_generation_prompt": True,
             "bos_token": model.gguf.bos_token,
             "eos_token": model.gguf.eos_token,
@@ -95,6 +147,15 @@ def render(model: ResolvedModel, messages: Sequence[Message], tools: Sequence[To
         return render_jinja(source, variables)
     from herd.prompt import gotemplate
 
+    if image_values is not None:
+        # A template that ranges over .Images prints each one: it prints as its tag.
+        numbered: list[Message] = []
+        n = 0
+        for m in messages:
+            values = tuple(image_values.tag(n + i) for i in range(len(m.images)))
+            n += len(m.images)
+            numbered.append(replace(m, images=values))  # type: ignore[arg-type]
+        messages = numbered
     return gotemplate.render_chat(
         gotemplate.GoTemplate(source),
         messages,
@@ -130,27 +191,33 @@ def build_prompt(
     truncate: bool = True,
 ) -> RenderedPrompt:
     msgs = assemble_messages(model, messages)
+    tags = ImageTags.new() if any(m.images for m in msgs) else None
 
-    def attempt(candidate: list[Message]) -> tuple[str, tuple[int, ...], int]:
-        text = leave_last_assistant_open(render(model, candidate, tools, think), candidate)
-        images = sum(len(m.images) for m in candidate)
-        return text, encoder.encode(text), images
+    def attempt(candidate: list[Message]) -> tuple[str, EncodedPrompt, tuple[bytes, ...]]:
+        text = leave_last_assistant_open(render(model, candidate, tools, think, tags), candidate)
+        images = tuple(i for m in candidate for i in m.images)
+        return text, encode_with_images(text, tags, encoder.encode), images
 
-    text, tokens, images = attempt(msgs)
-    if len(tokens) + images * IMAGE_TOKENS > num_ctx:
+    text, enc, images = attempt(msgs)
+    if len(enc.tokens) + len(images) * IMAGE_TOKENS > num_ctx:
         if not truncate:
             raise PromptTooLong(PROMPT_TOO_LONG)
         # Drop from the front one message at a time; system messages of the dropped part stay, first.
         for start in range(1, len(msgs)):
             kept_system = [m for m in msgs[:start] if m.role == "system"]
             candidate = kept_system + [m for m in msgs[start:] if not (m.role == "system" and m in kept_system)]
-            text, tokens, images = attempt(candidate)
-            if len(tokens) + images * IMAGE_TOKENS <= num_ctx:
+            text, enc, images = attempt(candidate)
+            if len(enc.tokens) + len(images) * IMAGE_TOKENS <= num_ctx:
                 break
+    tokens = enc.tokens
     if len(tokens) >= num_ctx:
+        if enc.image_at:
+            # Cutting the middle out of a prompt would cut between an image and its text: refuse instead.
+            raise PromptTooLong(PROMPT_TOO_LONG)
         # Only the last message is left and it alone is too long: like Ollama's runner, keep the first num_keep
         # tokens and the end of the prompt, leaving one position for the answer.
         keep = min(NUM_KEEP, num_ctx // 2)
         tokens = tokens[:keep] + tokens[len(tokens) - (num_ctx - keep - 1):]
     prefilled = think is not None and think.enabled and text.rstrip().endswith(THINK_OPEN)
-    return RenderedPrompt(text, tokens, prefilled, images)
+    return RenderedPrompt(text, tokens, prefilled, len(images), tags, enc.image_at,
+                          tuple(images[r] for r in enc.image_refs if r < len(images)))

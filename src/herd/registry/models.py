@@ -208,8 +208,10 @@ class ResolvedModel:
                 caps.append("tools")
             if ("<think>" in source and "</think>" in source) or "</think>" in source:
                 caps.append("thinking")
-        # No "vision" yet, even with a projector: the engine does not run projectors, so images must be refused
-        # (400 does not support vision) rather than silently dropped.
+        if self.projector_path is not None:
+            # The runner loads the projector with mtmd next to the model (engine/vision.py). A GGUF that only says
+            # vision.block_count, with no projector to encode images, cannot see them here: no "vision" for it.
+            caps.append("vision")
         return tuple(caps)
 
     @property

@@ -1,4 +1,5 @@
-"""Will a load fit? The weights' file size plus the KV cache a LoadSpec asks for, against MemAvailable.
+"""Will a load fit? The weights' file size (and a vision projector's) plus the KV cache a LoadSpec asks for,
+against MemAvailable.
 
 Ollama refuses a load that cannot fit before it starts a runner (`model requires more system memory (X) than is
 available (Y)`); without it, an absurd num_ctx ends in the kernel's OOM killer, which may pick the server itself.
@@ -63,6 +64,11 @@ def required_bytes(spec: LoadSpec) -> int:
         info = read_gguf_info(path)
     except Exception:
         return 0
+    if spec.projector_path:
+        try:
+            size += Path(spec.projector_path).stat().st_size  # the projector's weights load next to the model's
+        except OSError:
+            pass
     sequences = 1 if spec.embedding else spec.num_parallel
     return size + kv_bytes(info.metadata, info.architecture, spec.num_ctx, sequences)
 

@@ -31,7 +31,7 @@ class FakeRunner:
         await asyncio.sleep(0)
 
     def generate(self, tokens: tuple[int, ...], sampling: SamplingParams, logprobs: bool, top_logprobs: int,
-                 grammar: str | None) -> AsyncIterator[TextEvent | DoneEvent]:
+                 grammar: str | None, images: tuple[object, ...] = ()) -> AsyncIterator[TextEvent | DoneEvent]:
         raise NotImplementedError
 
     async def embed(self, inputs: tuple[tuple[int, ...], ...]) -> EmbedEvent:
