@@ -15,12 +15,12 @@ from herd.config import Settings
 from herd.engine.protocol import DoneEvent, ImageInput, LoadSpec, SamplingParams, TokenLogprob
 from herd.engine.runner import Runner
 from herd.engine.tokenizer import Tokenizer, get_tokenizer
-from herd.errors import CapabilityMissing, EmptyPrompt, ModelNotFound, RunnerFailed
+from herd.errors import CapabilityMissing, EmptyPrompt, ModelNotFound, PromptTooLong, RunnerFailed
 from herd.images import DecodedImage, decode_all, image_digest
 from herd.limits import RequestLimits
 from herd.options import Limits, load_options, merge, sampling_params
 from herd.parsing.base import Delta, IncrementalParser, PassThrough, ToolCall
-from herd.prompt.builder import THINK_CLOSE, THINK_OPEN, RenderedPrompt, build_prompt
+from herd.prompt.builder import PROMPT_TOO_LONG, THINK_CLOSE, THINK_OPEN, RenderedPrompt, build_prompt
 from herd.registry.models import ModelCatalog, ResolvedModel
 from herd.scheduler.scheduler import ModelRef, Scheduler
 from herd.types import ChatTurn, Think
@@ -82,6 +82,13 @@ VISION_MIN_CTX = 2048  # spec 2.7: vision models get at least this context
 async def decode_images(images: list[bytes]) -> dict[bytes, DecodedImage]:
     """Decode a request's images off the event loop: bytes that are not an image are a 400 before any work."""
     return await asyncio.to_thread(decode_all, images) if images else {}
+
+
+def check_done(done: DoneEvent) -> None:
+    if done.reason == "error":
+        if done.error_kind == "too_long":
+            raise PromptTooLong(PROMPT_TOO_LONG)  # images made it longer than the server's count could know
+        raise RunnerFailed(done.error or "generation failed")
 
 
 def image_inputs(image_at: tuple[int, ...], images: tuple[bytes, ...], decoded: Mapping[bytes, DecodedImage]
@@ -212,8 +219,7 @@ class ChatService:
             if delta or ev.logprobs:
                 yield ChatChunk(delta.content, delta.thinking, delta.tool_calls, ev.logprobs)
         assert done is not None
-        if done.reason == "error":
-            raise RunnerFailed(done.error or "generation failed")
+        check_done(done)
         first = done
         if two_phase and done.reason == "stop":
             # Ollama's way for format on a thinking model (spec 2.10): think unconstrained; when thinking
@@ -233,8 +239,7 @@ class ChatService:
                 delta = parser.feed(ev.text) if ev.text else Delta()
                 if delta or ev.logprobs:
                     yield ChatChunk(delta.content, delta.thinking, delta.tool_calls, ev.logprobs)
-            if done.reason == "error":
-                raise RunnerFailed(done.error or "generation failed")
+            check_done(done)
         tail = parser.finish()
         t_end = time.perf_counter_ns()
         second = done if done is not first else None

@@ -122,11 +122,20 @@ def _create_body(args: argparse.Namespace, c: httpx.Client) -> dict[str, object]
         body["files"] = {p.relative_to(source).as_posix(): _upload_blob(c, p) for p in wanted}
     elif source.is_file():
         body["files"] = {source.name: _upload_blob(c, source)}
+        for extra in mf.froms[1:]:
+            # A second FROM: a vision projector GGUF that goes next to the model (the server tells them apart).
+            more = Path(extra).expanduser()
+            more = more if more.is_absolute() else path.parent / more
+            if not more.is_file():
+                raise CliError(f"{more}: no such file")
+            body["files"][more.name] = _upload_blob(c, more)  # type: ignore[index]
     elif mf.from_.startswith(("/", "./", "../", "~")) or mf.from_.lower().endswith(".gguf"):
         # The server reads no local paths (only its store's blobs): a missing file is this side's error.
         raise CliError(f"{source}: no such file")
     else:
         body["from"] = mf.from_
+    if len(mf.froms) > 1 and not source.is_file():
+        raise CliError("a second FROM (a vision projector) must follow a FROM of a GGUF file")
     if mf.template is not None:
         body["template"] = mf.template
     if mf.system is not None:

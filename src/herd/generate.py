@@ -190,6 +190,11 @@ def _raw_with_images(prompt: str, count: int, tags: ImageTags | None) -> str:
     in front of it."""
     if tags is None:
         return prompt
+    import re
+
+    for m in re.finditer(r"\[img-(\d+)\]", prompt):
+        if int(m.group(1)) >= count:
+            raise InvalidRequest(f"invalid image index: {m.group(1)}")  # Ollama's runner's refusal
     prefix = ""
     for n in range(count):
         ref = f"[img-{n}]"

@@ -182,6 +182,9 @@ class DoneEvent:
     eval_ns: int = 0
     error: str = ""
     tokens: tuple[int, ...] = field(default_factory=tuple)  # generated token ids (for /api/generate context)
+    # With reason "error": "too_long" when the prompt, image tokens included, does not fit num_ctx (only the
+    # runner knows how many tokens an image takes), which the client gets as a 400 like any over-long prompt.
+    error_kind: str = ""
 
 
 @dataclass(frozen=True)

@@ -277,7 +277,8 @@ class Worker:
             if what:
                 for p in prepared:
                     self.vision.free(p)  # type: ignore[union-attr]
-                self.events.append(DoneEvent(cmd.req_id, "error", error=what))
+                kind = "too_long" if tokens and len(tokens) >= self.spec.num_ctx else ""
+                self.events.append(DoneEvent(cmd.req_id, "error", error=what, error_kind=kind))
                 continue
 
             def common(slot: Slot, tokens: list[int] = tokens) -> int:

@@ -21,9 +21,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
+from herd.errors import InvalidRequest
 from herd.types import Message
 
 IMG_REF = "[img]"
+ENDS_WITH_IMAGE = "a prompt must not end with an image: the answer needs a text token after it"
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ def encode_with_images(text: str, tags: ImageTags | None, encode: Callable[[str,
         if part or first:
             tokens.extend(encode(part, first))
         first = False
+    if at and at[-1] == len(tokens):
+        raise InvalidRequest(ENDS_WITH_IMAGE)
     return EncodedPrompt(tuple(tokens), tuple(at), tuple(refs))
 
 
@@ -122,13 +126,18 @@ def template_image_marker(source: str, render: Callable[[str, list[dict[str, obj
     """What this Jinja template writes for one image part, or "" when it writes nothing (or cannot take content
     parts): the difference between a probe conversation rendered with and without an image."""
     probe_text = "herd probe text"
+    as_string = [{"role": "user", "content": probe_text}]
     plain = [{"role": "user", "content": [{"type": "text", "text": probe_text}]}]
     with_image = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": probe_text}]}]
     try:
         a = render(source, plain)
         b = render(source, with_image)
+        # A template that reads content parts renders a text part as it renders the same string; one that
+        # prints the list as it is (or fails on it) does not, and gets its images in front of the text instead.
+        if a != render(source, as_string):
+            return ""
     except Exception:
-        return ""  # a template that reads content as a string only: images go in front of the text instead
+        return ""
     if probe_text not in a or a == b:
         return ""
     start = 0

@@ -19,6 +19,8 @@ _INSTRUCTIONS = ("from", "template", "system", "parameter", "message", "license"
 @dataclass(frozen=True)
 class Modelfile:
     from_: str | None = None
+    # Every FROM, in order: a GGUF and its vision projector are two FROM lines (`from_` is the first).
+    froms: tuple[str, ...] = ()
     template: str | None = None
     system: str | None = None
     parameters: tuple[tuple[str, object], ...] = ()
@@ -118,13 +120,16 @@ def parse_modelfile(text: str) -> Modelfile:
             elif cmd == "adapter":
                 fields["adapters"].append(value)  # type: ignore[union-attr]
             elif cmd == "from":
-                fields["from_"] = value
+                fields.setdefault("froms", [])
+                fields["froms"].append(value)  # type: ignore[union-attr]
+                fields["from_"] = fields["froms"][0]  # type: ignore[index]
             elif cmd in ("template", "system", "renderer", "parser"):
                 fields[cmd] = value
     if not fields.get("from_"):
         raise InvalidRequest("no FROM line")
     return Modelfile(
         from_=fields.get("from_"),  # type: ignore[arg-type]
+        froms=tuple(fields.get("froms", ())),  # type: ignore[arg-type]
         template=fields.get("template"),  # type: ignore[arg-type]
         system=fields.get("system"),  # type: ignore[arg-type]
         parameters=tuple(fields["parameters"]),  # type: ignore[arg-type]
