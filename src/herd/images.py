@@ -51,8 +51,7 @@ def decode_image(data: bytes) -> DecodedImage:
                 if width * height > MAX_PIXELS:
                     raise LimitExceeded(f"image of {width}x{height} pixels exceeds the limit of {MAX_PIXELS} pixels")
                 img.seek(0)
-                rgb = img.convert("RGB") if img.mode != "RGB" else img.copy()
-                pixels = rgb.tobytes()
+                pixels = (img.convert("RGB") if img.mode != "RGB" else img).tobytes()
     except InvalidRequest:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,

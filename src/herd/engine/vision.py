@@ -65,7 +65,10 @@ class Vision:
     def prepare(self, image: ImageInput) -> PreparedImage:
         """The chunks mtmd makes of one image (preprocessed, not yet encoded). Raises ValueError if it cannot."""
         M = self.M
-        data = (ctypes.c_uint8 * len(image.rgb)).from_buffer_copy(image.rgb)
+        if len(image.rgb) != image.width * image.height * 3:
+            raise ValueError("the image's pixels do not match its size")
+        # mtmd copies the pixels: it may read them straight from the bytes object.
+        data = ctypes.cast(ctypes.c_char_p(image.rgb), ctypes.POINTER(ctypes.c_uint8))
         bitmap = M.mtmd_bitmap_init(image.width, image.height, data)
         if not bitmap:
             raise ValueError("mtmd could not take the image")
