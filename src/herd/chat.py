@@ -129,7 +129,7 @@ class ChatService:
 
     def load_spec(self, model: ResolvedModel, opts: dict[str, object], embedding: bool = False) -> LoadSpec:
         lo = load_options(opts, model.gguf.context_length, self.limits)
-        projector = model.projector_path if not embedding else None
+        projector = model.vision_projector if not embedding else None
         num_ctx = lo.num_ctx
         if projector is not None and num_ctx < VISION_MIN_CTX:
             num_ctx = min(VISION_MIN_CTX, model.gguf.context_length or VISION_MIN_CTX)

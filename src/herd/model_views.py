@@ -103,10 +103,10 @@ class ModelViews:
             doc["tensors"] = [{"name": t.name, "type": t.type, "shape": list(t.shape)} for t in full.tensors]
         else:
             doc["model_info"] = model.gguf.model_info(False)
-        if model.projector_path is not None:
+        if model.vision_projector is not None:
             # Ollama's projector_info: the projector GGUF's metadata, shown by model_info's rules.
-            projector = read_gguf_full(model.projector_path) if verbose else read_gguf_info(model.projector_path)
-            doc["projector_info"] = projector.model_info(verbose)
+            path = model.vision_projector
+            doc["projector_info"] = (read_gguf_full(path) if verbose else read_gguf_info(path)).model_info(verbose)
         doc["capabilities"] = list(model.capabilities)
         doc["modified_at"] = rfc3339_local(model.stored.modified_at)
         return doc

@@ -42,8 +42,8 @@ _EFFORT: dict[str, Think] = {
 _EFFORT_ERROR = ('invalid reasoning value: "{}" (must be "minimal", "low", "medium", "high", "xhigh", "ultra", '
                  '"max", or "none")')
 _IMAGE_PREFIXES = tuple(f"data:image/{t};base64," for t in ("jpeg", "jpg", "png", "webp", "gif", "bmp"))
-IMAGE_URLS_REFUSED = ("image URLs are not currently supported, please use base64 encoded data instead (or start "
-                      "the server with HERD_ALLOW_IMAGE_URLS=1 to let it fetch them)")
+# Ollama's text, word for word (clients match it); HERD_ALLOW_IMAGE_URLS=1 lets the server fetch them instead.
+IMAGE_URLS_REFUSED = "image URLs are not currently supported, please use base64 encoded data instead"
 
 
 def _go_type(value: object) -> str:

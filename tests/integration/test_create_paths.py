@@ -141,7 +141,10 @@ def test_options_ollama_ignores_are_still_accepted(h: httpx.Client) -> None:
     assert resp.status_code == 200, resp.text
 
 
-def test_a_model_with_a_projector_herd_cannot_run_refuses_images(srv: HerdServer, h: httpx.Client) -> None:
+def test_a_model_with_a_projector_herd_cannot_read_serves_text_and_refuses_images(srv: HerdServer,
+                                                                                  h: httpx.Client) -> None:
+    """A projector layer that is not a clip GGUF (a broken or foreign file) is left out: the model claims no
+    vision, refuses images with 400, and still answers text (its runner loads without the projector)."""
     store = Store(srv.models_dir)
     base = store.find(MODEL).manifest
     projector = store.write_blob(b"a projector herd does not load")
@@ -149,10 +152,14 @@ def test_a_model_with_a_projector_herd_cannot_run_refuses_images(srv: HerdServer
         *base.layers, Layer(LAYER_PREFIX + "projector", projector.digest, projector.size))))
     try:
         shown = h.post("/api/show", json={"model": "with-projector"}).json()
-        assert "vision" not in shown["capabilities"]
+        assert "vision" not in shown["capabilities"] and "projector_info" not in shown
         image = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAwS2OUAAAAABJRU5ErkJggg=="
         chat = h.post("/api/chat", json={"model": "with-projector", "stream": False, "messages": [
             {"role": "user", "content": "what is this?", "images": [image]}]})
         assert chat.status_code == 400 and "does not support vision" in chat.json()["error"], chat.text
+        text = h.post("/api/chat", json={"model": "with-projector", "stream": False, "options": {"num_predict": 3},
+                                         "messages": [{"role": "user", "content": "hi"}]})
+        assert text.status_code == 200 and text.json()["eval_count"] == 3, text.text
+        h.post("/api/generate", json={"model": "with-projector", "keep_alive": 0})
     finally:
         h.request("DELETE", "/api/delete", json={"model": "with-projector"})

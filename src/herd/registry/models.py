@@ -6,6 +6,7 @@ import asyncio
 import builtins
 import functools
 import json
+import logging
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,9 @@ async def off_loop(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run a blocking registry call in the registry's threads; the event loop goes on meanwhile."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_REGISTRY_POOL, functools.partial(fn, *args, **kwargs))
+
+
+log = logging.getLogger(__name__)
 
 
 class cached_property(Generic[T]):
@@ -113,6 +117,23 @@ class ResolvedModel:
     def projector_path(self) -> Path | None:
         layer = self.stored.manifest.layer("projector")
         return self.store.blob_path(layer.digest) if layer else None
+
+    @cached_property
+    def vision_projector(self) -> Path | None:
+        """The projector the runner loads with mtmd: the projector layer, if its header reads as a `clip` GGUF.
+        A layer that does not (a broken or foreign file) is left out, so the model still serves text, and it
+        does not claim vision."""
+        path = self.projector_path
+        if path is None:
+            return None
+        try:
+            info = read_gguf_info(path)
+        except Exception:
+            info = None
+        if info is None or info.architecture != "clip":
+            log.warning("model %s: projector layer %s is not a clip GGUF; images are refused", self.name, path)
+            return None
+        return path
 
     @cached_property
     def gguf(self) -> GGUFInfo:
@@ -208,7 +229,7 @@ class ResolvedModel:
                 caps.append("tools")
             if ("<think>" in source and "</think>" in source) or "</think>" in source:
                 caps.append("thinking")
-        if self.projector_path is not None:
+        if self.vision_projector is not None:
             # The runner loads the projector with mtmd next to the model (engine/vision.py). A GGUF that only says
             # vision.block_count, with no projector to encode images, cannot see them here: no "vision" for it.
             caps.append("vision")
@@ -232,7 +253,8 @@ class ResolvedModel:
         """Compute every cached fact (the GGUF header, templates, capabilities, the text layers) now, so that later
         uses on the event loop are attribute reads. Blocking: run it in a worker thread. Errors are left for the
         caller's own use of the property to raise, with the wording its endpoint wants."""
-        for name in ("gguf", "config", "template", "capabilities", "system", "license", "parameters", "messages"):
+        for name in ("gguf", "vision_projector", "config", "template", "capabilities", "system", "license",
+                     "parameters", "messages"):
             try:
                 getattr(self, name)
             except Exception:  # a broken model is reported where it is used
