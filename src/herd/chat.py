@@ -15,7 +15,14 @@ from herd.config import Settings
 from herd.engine.protocol import DoneEvent, ImageInput, LoadSpec, SamplingParams, TokenLogprob
 from herd.engine.runner import Runner
 from herd.engine.tokenizer import Tokenizer, get_tokenizer
-from herd.errors import CapabilityMissing, EmptyPrompt, ModelNotFound, PromptTooLong, RunnerFailed
+from herd.errors import (
+    CapabilityMissing,
+    EmptyPrompt,
+    ModelNotFound,
+    NotImplementedFeature,
+    PromptTooLong,
+    RunnerFailed,
+)
 from herd.images import DecodedImage, decode_all, image_digest
 from herd.limits import RequestLimits
 from herd.options import Limits, load_options, merge, sampling_params
@@ -176,7 +183,8 @@ class ChatService:
         self.request_limits.check_options(opts)  # the stop list's bounds, Modelfile and request together
         spec = self.load_spec(model, opts)
         sampling = sampling_params(opts, self.limits, shift=turn.shift)
-        grammar = self.grammar_for(model, turn, think)
+        special = await self.special_markers(model, turn, spec.model_path)
+        grammar = self.grammar_for(model, turn, think, special=special)
         async with self.scheduler.lease(ref, spec, turn.keep_alive) as loaded:
             t_loaded = time.perf_counter_ns()
             if not turn.messages:
@@ -258,9 +266,15 @@ class ChatService:
     def parser_for(
         self, model: ResolvedModel, turn: ChatTurn, think: Think | None, prefilled: bool
     ) -> IncrementalParser:
+        enabled = think is not None and think.enabled and "thinking" in model.capabilities
+        # A family's own parser reads its thinking and calls (and, for Harmony, its channels) in one pass; it is
+        # used with or without tools, so its markup never reaches `content`.
+        own = model.family.make_parser(turn.tools, enabled or not model.family.can_disable_thinking, prefilled)
+        if own is not None:
+            return own
         thinking = None
         tools = None
-        if think is not None and think.enabled and "thinking" in model.capabilities:
+        if enabled:
             from herd.parsing.thinking import ThinkingParser
 
             thinking = ThinkingParser(THINK_OPEN, THINK_CLOSE, prefilled=prefilled)
@@ -276,8 +290,18 @@ class ChatService:
 
         return OutputParser(thinking, tools)
 
+    async def special_markers(self, model: ResolvedModel, turn: ChatTurn, model_path: str) -> frozenset[str]:
+        """The family's call markers that are one special token in the model's vocabulary (for the constraint)."""
+        from herd.constrain.families import FAMILY_MARKERS
+
+        markers = FAMILY_MARKERS.get(model.family.name, ())
+        if not turn.tools or not markers:
+            return frozenset()
+        tokenizer = await asyncio.to_thread(get_tokenizer, model_path)
+        return await asyncio.to_thread(tokenizer.special_tokens, markers)
+
     def grammar_for(self, model: ResolvedModel, turn: ChatTurn, think: Think | None,
-                    prefilled: bool = False) -> str | None:
+                    prefilled: bool = False, special: frozenset[str] = frozenset()) -> str | None:
         """The constraint for this turn, or None. Called before loading (so a bad schema is a 400 before any
         work) and again after rendering, when it is known whether the template pre-opened thinking."""
         constrain_tools = turn.constrain_tools and self.settings.constrain_tools
@@ -293,6 +317,17 @@ class ChatService:
         from herd.parsing.toolcalls import ToolFormat, detect_tool_format
 
         specs = [g.ToolSpec(t.name, t.description, t.parameters) for t in turn.tools]
+        family = model.family
+        if family.parser or family.name == "qwen3":
+            from herd.constrain.families import family_call_grammar
+
+            family_grammar = family_call_grammar(family.name, model.template[1], specs, turn.force_tool, special)
+            if family_grammar is None and turn.force_tool is not None:
+                raise NotImplementedFeature(f"tool_choice cannot force a call in the {family.name} format: herd "
+                                            "parses its calls but does not constrain them")
+            if family_grammar is not None:
+                g.check_grammar(family_grammar, what="tool definitions")
+            return family_grammar
         if turn.force_tool is not None:
             grammar = g.grammar_for_forced_tool_call(specs, turn.force_tool or None)
         else:

@@ -128,6 +128,9 @@ class FakeTokenizer:
     def encode(self, text: str, add_special: bool = True) -> tuple[int, ...]:
         return tuple(ord(c) % 1000 for c in text)
 
+    def special_tokens(self, texts: tuple[str, ...]) -> frozenset[str]:
+        return frozenset()
+
     def decode(self, tokens: tuple[int, ...] | list[int]) -> str:
         return "".join(chr(t) for t in tokens)
 

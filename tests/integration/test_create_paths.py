@@ -121,8 +121,8 @@ def test_cli_create_uploads_local_files_and_refuses_missing_ones(srv: HerdServer
 
 
 @pytest.mark.parametrize(("modelfile", "named"), [
-    (f"FROM {MODEL}\nRENDERER qwen3-coder\n", 'RENDERER "qwen3-coder" is not supported'),
-    (f"FROM {MODEL}\nPARSER harmony\n", 'PARSER "harmony" is not supported'),
+    (f"FROM {MODEL}\nRENDERER olmo9\n", 'RENDERER "olmo9" is not supported'),
+    (f"FROM {MODEL}\nPARSER frob\n", 'PARSER "frob" is not supported'),
 ])
 def test_unknown_renderer_or_parser_is_a_clear_400(srv: HerdServer, h: httpx.Client, tmp_path: Path,
                                                   modelfile: str, named: str) -> None:

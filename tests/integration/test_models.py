@@ -243,8 +243,8 @@ def test_create_from_a_blob_named_by_its_path_in_the_store(store_server: HerdSer
     ({"model": "x", "from": "./no/such/file.gguf"}, 400, "outside the model store"),
     ({"model": "x", "modelfile": "FROM /etc/passwd\n"}, 400, "outside the model store"),
     ({"model": "x", "modelfile": "FROM smollm2:135m\nADAPTER ../x\n"}, 400, "adapters"),
-    ({"model": "x", "from": BASE, "renderer": "qwen3-coder"}, 400, 'RENDERER "qwen3-coder" is not supported'),
-    ({"model": "x", "from": BASE, "parser": "qwen3"}, 400, 'PARSER "qwen3" is not supported'),
+    ({"model": "x", "from": BASE, "renderer": "olmo9"}, 400, 'RENDERER "olmo9" is not supported'),
+    ({"model": "x", "from": BASE, "parser": "lfm9"}, 400, 'PARSER "lfm9" is not supported'),
     ({"model": "x", "from": BASE, "adapters": {"a.gguf": "sha256:" + "a" * 64}}, 400, "adapters"),
     ({"model": 5, "from": BASE}, 400, "json: cannot unmarshal number into Go struct field CreateRequest.model"),
 ])

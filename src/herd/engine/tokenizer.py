@@ -128,6 +128,14 @@ class Tokenizer:
         (text,) = self._process.call("decode", self.model_path, tuple(int(t) for t in tokens))
         return str(text)
 
+    def special_tokens(self, texts: tuple[str, ...]) -> frozenset[str]:
+        """Which of `texts` are one special (control or user-defined) token in this vocabulary: a constraint
+        then lets the model write that token, the one it was trained on, for the marker."""
+        if not texts:
+            return frozenset()
+        (found,) = self._process.call("special", self.model_path, tuple(texts))
+        return frozenset(str(t) for t in found) if isinstance(found, tuple) else frozenset()  # type: ignore[union-attr]
+
 
 class Tokenizers:
     """Tokenizers per model file, all served by one child process."""
@@ -189,6 +197,16 @@ class _Vocab:
             n = L.llama_tokenize(self.vocab, data, len(data), buf, -n, add_special, True)  # type: ignore[attr-defined]
         return tuple(buf[:n])
 
+    def special(self, texts: tuple[str, ...]) -> tuple[str, ...]:
+        L = self.L
+        special_attrs = L.LLAMA_TOKEN_ATTR_CONTROL | L.LLAMA_TOKEN_ATTR_USER_DEFINED  # type: ignore[attr-defined]
+        out = []
+        for text in texts:
+            ids = self.encode(text, False)
+            if len(ids) == 1 and L.llama_vocab_get_attr(self.vocab, ids[0]) & special_attrs:  # type: ignore[attr-defined]
+                out.append(text)
+        return tuple(out)
+
     def decode(self, tokens: tuple[int, ...]) -> str:
         out = bytearray()
         buf = self._piece
@@ -227,6 +245,8 @@ def child_main() -> None:
                 reply = ("ok", vocab.encode(request[2], request[3]))  # type: ignore[index]
             elif op == "decode":
                 reply = ("ok", vocab.decode(request[2]))  # type: ignore[index]
+            elif op == "special":
+                reply = ("ok", vocab.special(tuple(str(t) for t in request[2])))  # type: ignore[index]
             else:
                 reply = ("err", f"unknown tokenizer request {op!r}")
         except Exception as exc:

@@ -117,6 +117,14 @@ def render(model: ResolvedModel, messages: Sequence[Message], tools: Sequence[To
     return _render(model, messages, tools, think)
 
 
+def _own_renderer(model: ResolvedModel) -> str:
+    """herd's own renderer when the model's config names one (Modelfile RENDERER), else "" (its template)."""
+    config = getattr(model, "config", None)
+    named = config.get("renderer") if isinstance(config, dict) else None
+    family = getattr(model, "family", None)
+    return family.renderer if named and family is not None else ""
+
+
 def _go_uses_images(source: str) -> bool:
     from herd.prompt import gotemplate
 
@@ -129,6 +137,11 @@ def _go_uses_images(source: str) -> bool:
 def _render(model: ResolvedModel, messages: Sequence[Message], tools: Sequence[ToolDef], think: Think | None,
             parts: bool = False, image_values: ImageTags | None = None) -> str:
     kind, source = model.template
+    if _own_renderer(model) == "harmony":
+        from herd.parsing.harmony import harmony_reasoning_effort
+        from herd.prompt.harmony import render_harmony
+
+        return render_harmony(messages, tools, harmony_reasoning_effort(think), date=date.today().isoformat())
     if kind == TemplateKind.JINJA:
         variables: dict[str, object] = {
             "messages": [_jinja_message(m, parts) for m in messages],
@@ -141,9 +154,12 @@ def _render(model: ResolvedModel, messages: Sequence[Message], tools: Sequence[T
             variables["tools"] = [t.raw or {"type": "function", "function": {
                 "name": t.name, "description": t.description, "parameters": t.parameters}} for t in tools]
         if think is not None:
+            # Each family's switch: Qwen's enable_thinking, DeepSeek V3.1's thinking, gpt-oss's reasoning_effort.
             variables["enable_thinking"] = think.enabled
+            variables["thinking"] = think.enabled
             if think.enabled:
-                variables["reasoning_effort"] = think.level or "medium"
+                level = think.level or "medium"
+                variables["reasoning_effort"] = "high" if level == "max" else level
         return render_jinja(source, variables)
     from herd.prompt import gotemplate
 

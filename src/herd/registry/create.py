@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from herd.errors import HerdError, InvalidRequest, NotImplementedFeature, StorageFailed, UnsafePath
+from herd.families import BY_NAME
 from herd.options import BOOL_OPTIONS, FLOAT_OPTIONS, INT_OPTIONS, validate_options
 from herd.registry.default_model import config_blob
 from herd.registry.gguf_info import GGUF_MAGIC, GGUFInfo, read_gguf_info
@@ -37,11 +38,11 @@ from herd.registry.store import CONFIG_MEDIA_TYPE, LAYER_PREFIX, Layer, Manifest
 # Layers a new value replaces (Ollama's removeLayer + append). LICENSE is not here: Ollama appends licenses.
 _REPLACED = ("template", "system", "params", "messages")
 
-# Ollama's RENDERER and PARSER name built-in Go code per model family (qwen3-coder, harmony, ...). herd has none of
-# them yet: it renders with the model's template and parses tool calls and thinking from the template's style. A
-# value is refused rather than stored and ignored, which would give a model that silently behaves otherwise.
-KNOWN_RENDERERS: frozenset[str] = frozenset()
-KNOWN_PARSERS: frozenset[str] = frozenset()
+# Ollama's RENDERER and PARSER name built-in code per model family (qwen3-coder, harmony, ...); herd honours the
+# families of families.py by those names. Any other value is refused rather than stored and ignored, which would
+# give a model that silently behaves otherwise.
+KNOWN_RENDERERS: frozenset[str] = frozenset(BY_NAME)
+KNOWN_PARSERS: frozenset[str] = frozenset(BY_NAME)
 
 _BLOB_NAME = re.compile(r"sha256-[0-9a-f]{64}")
 OUTSIDE_STORE = ('"from" names a file outside the model store; upload the file with POST /api/blobs/<digest> and '
@@ -353,12 +354,12 @@ class ModelCreator:
 
 
 def _check_renderer_parser(spec: CreateSpec) -> None:
-    if spec.renderer and spec.renderer not in KNOWN_RENDERERS:
-        raise NotImplementedFeature(f'RENDERER "{spec.renderer}" is not supported by herd: it renders prompts with '
-                                    "the model's template (leave RENDERER out)")
-    if spec.parser and spec.parser not in KNOWN_PARSERS:
-        raise NotImplementedFeature(f'PARSER "{spec.parser}" is not supported by herd: it parses tool calls and '
-                                    "thinking from the model's template (leave PARSER out)")
+    if spec.renderer and spec.renderer.strip().lower() not in KNOWN_RENDERERS:
+        raise NotImplementedFeature(f'RENDERER "{spec.renderer}" is not supported by herd (known: '
+                                    f"{', '.join(sorted(KNOWN_RENDERERS))})")
+    if spec.parser and spec.parser.strip().lower() not in KNOWN_PARSERS:
+        raise NotImplementedFeature(f'PARSER "{spec.parser}" is not supported by herd (known: '
+                                    f"{', '.join(sorted(KNOWN_PARSERS))})")
 
 
 def _digest_of(data: bytes) -> str:

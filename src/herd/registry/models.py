@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from herd.errors import ModelNotFound
+from herd.families import Family, detect_family
 from herd.registry.gguf_info import GGUFInfo, read_gguf_info
 from herd.registry.store import Store, StoredModel
 
@@ -205,6 +206,13 @@ class ResolvedModel:
             return ()
 
     @cached_property
+    def family(self) -> Family:
+        """The format of the model's thinking and tool calls (families.py)."""
+        cfg = self.config
+        return detect_family(str(cfg.get("parser") or ""), str(cfg.get("renderer") or ""), self.gguf.architecture,
+                             self.template[1])
+
+    @cached_property
     def capabilities(self) -> tuple[str, ...]:
         """Spec 7.3: from the GGUF (completion/embedding/vision) and the template (tools/insert/thinking)."""
         caps: list[str] = []
@@ -228,6 +236,15 @@ class ResolvedModel:
             if "tools" in source or "tool_call" in source:
                 caps.append("tools")
             if ("<think>" in source and "</think>" in source) or "</think>" in source:
+                caps.append("thinking")
+        if caps[0] == "completion":
+            # A built-in parser that reads tool calls or thinking adds what it reads (spec 7.3). Named in the
+            # config, the family's parser decides; detected from the template, the template already said.
+            family = self.family
+            named = bool(self.config.get("parser") or self.config.get("renderer"))
+            if family.parser and family.tools and "tools" not in caps and (named or kind == TemplateKind.JINJA):
+                caps.append("tools")
+            if family.thinks and "thinking" not in caps and (named or family.renderer):
                 caps.append("thinking")
         if self.vision_projector is not None:
             # The runner loads the projector with mtmd next to the model (engine/vision.py). A GGUF that only says
@@ -253,7 +270,7 @@ class ResolvedModel:
         """Compute every cached fact (the GGUF header, templates, capabilities, the text layers) now, so that later
         uses on the event loop are attribute reads. Blocking: run it in a worker thread. Errors are left for the
         caller's own use of the property to raise, with the wording its endpoint wants."""
-        for name in ("gguf", "vision_projector", "config", "template", "capabilities", "system", "license",
+        for name in ("gguf", "vision_projector", "config", "template", "family", "capabilities", "system", "license",
                      "parameters", "messages"):
             try:
                 getattr(self, name)

@@ -237,10 +237,10 @@ def test_adapter_paths_are_refused(store: Store, gguf: Path) -> None:
 
 
 @pytest.mark.parametrize(("fields", "named"), [
-    ({"renderer": "qwen3-coder"}, 'RENDERER "qwen3-coder" is not supported'),
-    ({"parser": "harmony"}, 'PARSER "harmony" is not supported'),
-    ({"modelfile": "FROM {base}\nRENDERER qwen3-coder\n"}, 'RENDERER "qwen3-coder"'),
-    ({"modelfile": "FROM {base}\nPARSER qwen3\n"}, 'PARSER "qwen3"'),
+    ({"renderer": "olmo9"}, 'RENDERER "olmo9" is not supported'),
+    ({"parser": "frob"}, 'PARSER "frob" is not supported'),
+    ({"modelfile": "FROM {base}\nRENDERER olmo9\n"}, 'RENDERER "olmo9"'),
+    ({"modelfile": "FROM {base}\nPARSER lfm9\n"}, 'PARSER "lfm9"'),
 ])
 def test_unknown_renderer_or_parser_is_refused_not_stored(store: Store, gguf: Path, fields: dict[str, str],
                                                          named: str) -> None:
@@ -252,3 +252,26 @@ def test_unknown_renderer_or_parser_is_refused_not_stored(store: Store, gguf: Pa
     with pytest.raises(NotImplementedFeature, match=named):
         run(ModelCreator(store), model="withrenderer", **spec)
     assert [m.name for m in store.list()] == [store.find("base").name]
+
+
+@pytest.mark.parametrize(("fields", "family"), [
+    ({"parser": "qwen3-coder"}, "qwen3-coder"),
+    ({"renderer": "harmony", "parser": "harmony"}, "harmony"),
+    ({"modelfile": "FROM {base}\nPARSER deepseek3.1\n"}, "deepseek3"),
+    ({"parser": "GLM-4.7"}, "glm-4.7"),
+])
+def test_known_renderer_or_parser_is_stored_and_chooses_the_family(store: Store, gguf: Path, fields: dict[str, str],
+                                                                   family: str) -> None:
+    """A RENDERER or PARSER herd knows goes into the manifest config, and the model's family is then the one it
+    names, whatever its template says (Ollama's order of choice)."""
+    from herd.registry.models import ModelCatalog
+
+    base = in_store(store, gguf)
+    run(ModelCreator(store), model="base", from_=base)
+    spec = {k: v.format(base=base) for k, v in fields.items()}
+    if "modelfile" not in spec:
+        spec["from_"] = "base"
+    run(ModelCreator(store), model="named", **spec)
+    resolved = ModelCatalog(store).resolve("named")
+    assert resolved.family.name == family
+    assert ModelCatalog(store).resolve("base").family.name != family

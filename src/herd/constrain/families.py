@@ -1,0 +1,249 @@
+"""Call grammars for the model families of families.py: once a model opens a call in its own format, the rest of the
+call is an offered tool's name and arguments valid for that tool's schema, by construction.
+
+Each grammar writes exactly the form the family's parser documents in its "Grammar" section (parsing/<family>.py).
+Markers that are one special token in the model's vocabulary are matched as that token as well as spelled out
+(`special`), so the token the model was trained to write is never masked off. Unforced, text before the call's
+trigger is free (reasoning included) and the model may end without calling; forced (`tool_choice: "required"` or
+a named function), the call starts at the first token. The JSON families whose calls carry the name inside the
+JSON (Qwen3, Granite, Gemma 3, Llama 3, Mistral) use constrain/grammar.py's tool grammars with the family's tags.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from llguidance import LLMatcher
+
+from herd.constrain.grammar import (
+    _SEP_RE,
+    _TEXT_RE,
+    JSON_OPTIONS,
+    ToolSpec,
+    _lit,
+    _special,
+    _wrap_call,
+    as_ollama_reads,
+    grammar_for_forced_tool_call,
+    grammar_for_tool_calls,
+)
+from herd.errors import InvalidRequest
+
+DS_CALLS_BEGIN = "<｜tool▁calls▁begin｜>"
+DS_CALLS_END = "<｜tool▁calls▁end｜>"
+DS_CALL_BEGIN = "<｜tool▁call▁begin｜>"
+DS_CALL_END = "<｜tool▁call▁end｜>"
+DS_SEP = "<｜tool▁sep｜>"
+HARMONY_MARKERS = ("<|channel|>", "<|constrain|>", "<|message|>", "<|call|>", "<|start|>", "<|end|>")
+
+# The markers a family's grammar may use: what `special` should be computed for (engine/tokenizer.py).
+FAMILY_MARKERS: dict[str, tuple[str, ...]] = {
+    "harmony": HARMONY_MARKERS,
+    "deepseek3": (DS_CALLS_BEGIN, DS_CALLS_END, DS_CALL_BEGIN, DS_CALL_END, DS_SEP),
+    "qwen3-coder": ("<tool_call>", "</tool_call>"),
+    "qwen3.5": ("<tool_call>", "</tool_call>"),
+    "glm-4.7": ("<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>"),
+    "granite": ("<|tool_call|>", "<tool_call>", "</tool_call>"),
+    "qwen3": ("<tool_call>", "</tool_call>"),
+}
+
+
+def family_call_grammar(family: str, template: str, tools: Sequence[ToolSpec], forced: str | None,
+                        special: Collection[str] = ()) -> str | None:
+    """The lark grammar for this family's calls, or None when herd does not constrain the family (Gemma 4's call
+    notation: parsed, not constrained). `forced`: None, "" (any tool) or a tool's name."""
+    tools = _choose(tools, forced)
+    if family == "harmony":
+        return _harmony(tools, forced is not None, special)
+    if family == "deepseek3":
+        return _deepseek(tools, forced is not None, special)
+    if family in ("qwen3-coder", "qwen3.5"):
+        return _xml(tools, forced is not None, special, _qwen_call)
+    if family == "glm-4.7":
+        return _xml(tools, forced is not None, special, _glm_call)
+    if family == "granite":
+        if "<|tool_call|>" in template:  # Granite 3: one JSON list after the marker
+            return _granite3(tools, forced is not None, special)
+        return _json_tag(tools, forced, "<tool_call>", "</tool_call>", "arguments", special)
+    if family == "gemma3":
+        return _json_tag(tools, forced, "", "", "parameters", special)
+    if family == "qwen3":
+        return _json_tag(tools, forced, "<tool_call>", "</tool_call>", "arguments", special)
+    return None
+
+
+def _choose(tools: Sequence[ToolSpec], forced: str | None) -> list[ToolSpec]:
+    if not tools:
+        raise ValueError("a tool-call grammar needs at least one tool")
+    if forced:
+        chosen = [t for t in tools if t.name == forced]
+        if not chosen:
+            raise InvalidRequest(f"tool_choice names an unknown function: {forced!r}")
+        return chosen[:1]
+    seen: set[str] = set()
+    out = []
+    for t in tools:
+        if t.name not in seen:
+            seen.add(t.name)
+            out.append(t)
+    return out
+
+
+def _json_tag(tools: Sequence[ToolSpec], forced: str | None, open_tag: str, close_tag: str, key: str,
+              special: Collection[str]) -> str:
+    if forced is not None:
+        return grammar_for_forced_tool_call(tools, forced or None, open_tag, close_tag, arguments_key=key,
+                                            special_tags=special)
+    return grammar_for_tool_calls(tools, open_tag, close_tag, arguments_key=key, special_tags=special)
+
+
+def _m(marker: str, special: Collection[str]) -> str:
+    """A marker: its text, or its special token when the vocabulary has one."""
+    return f"({_lit(marker)} | {_special(marker)})" if marker in special else _lit(marker)
+
+
+def _args(tool: ToolSpec) -> str:
+    """%json of a tool's arguments object, read as Ollama reads a schema (no undeclared keys)."""
+    wrapper = _wrap_call(tool.name, "a", tool.parameters)
+    schema: dict[str, Any] = dict(wrapper["properties"]["a"])
+    for key in ("$defs", "definitions"):
+        if key in wrapper:
+            schema[key] = wrapper[key]
+    schema = _rebase(schema)
+    schema["x-guidance"] = JSON_OPTIONS
+    return "%json " + json.dumps(schema, ensure_ascii=False)
+
+
+def _rebase(node: Any) -> Any:
+    """`_wrap_call` points local refs at /properties/a; here the arguments schema is the root again."""
+    if isinstance(node, dict):
+        return {k: (v.replace("#/properties/a", "#", 1) if k == "$ref" and isinstance(v, str) else _rebase(v))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rebase(v) for v in node]
+    return node
+
+
+def _assemble(start: str, rules: list[str], opener: str | None, special: Collection[str] = ()) -> str:
+    """`opener` (a marker's text): the free text up to and including the call's trigger. The lexeme is lazy, so
+    it ends the moment the trigger is complete; as a special token the trigger follows the text instead."""
+    lines = ["%llguidance {}", f"start: {start}", f"SEP: /{_SEP_RE}/", f"TEXT: /{_TEXT_RE}/"]
+    if opener is not None:
+        lines.append("opener: opener_text" + (f" | TEXT {_special(opener)}" if opener in special else ""))
+        lines.append(f"opener_text[lazy]: TEXT {_lit(opener)}")
+    lines += rules
+    return LLMatcher.grammar_from_lark("\n".join(lines) + "\n")
+
+
+# ---- Harmony (gpt-oss) --------------------------------------------------------------------------------------------
+
+
+def _harmony(tools: Sequence[ToolSpec], forced: bool, special: Collection[str]) -> str:
+    from herd.parsing.harmony import harmony_function_names
+
+    names = harmony_function_names([t.name for t in tools])
+    m = lambda x: _m(x, special)  # noqa: E731
+    rules = []
+    for i, t in enumerate(tools):
+        rules.append(f'c_{i}: {_lit(names[t.name])} ({m("<|channel|>")} "commentary")? '
+                     f'(" " {m("<|constrain|>")} "json")? {m("<|message|>")} {_args(t)} {m("<|call|>")}')
+    rules.insert(0, "call: " + " | ".join(f"c_{i}" for i in range(len(tools))))
+    if forced:
+        return _assemble(f'{m("<|channel|>")} "commentary to=functions." call', rules, None)
+    # The recipient may follow the channel or the role; either way the call is what comes after it.
+    return _assemble("TEXT | opener call", rules, "to=functions.")
+
+
+# ---- DeepSeek V3.1 ------------------------------------------------------------------------------------------------
+
+
+def _deepseek(tools: Sequence[ToolSpec], forced: bool, special: Collection[str]) -> str:
+    m = lambda x: _m(x, special)  # noqa: E731
+    rules = ["calls: SEP call (SEP call)* SEP " + m(DS_CALLS_END),
+             "call: " + " | ".join(f"c_{i}" for i in range(len(tools)))]
+    for i, t in enumerate(tools):
+        rules.append(f"c_{i}: {m(DS_CALL_BEGIN)} {_lit(t.name)} {m(DS_SEP)} {_args(t)} {m(DS_CALL_END)}")
+    if forced:
+        return _assemble(f"{m(DS_CALLS_BEGIN)} calls", rules, None)
+    return _assemble("TEXT | opener calls", rules, DS_CALLS_BEGIN, special)
+
+
+# ---- Granite 3 ----------------------------------------------------------------------------------------------------
+
+
+def _granite3(tools: Sequence[ToolSpec], forced: bool, special: Collection[str]) -> str:
+    from herd.constrain.grammar import _call_rules
+
+    rules = ['calls: SEP "[" SEP call (SEP "," SEP call)* SEP "]"', *_call_rules(tools, "arguments")]
+    if forced:
+        return _assemble(f"{_m('<|tool_call|>', special)} calls", rules, None)
+    return _assemble("TEXT | opener calls", rules, "<|tool_call|>", special)
+
+
+# ---- XML families: Qwen3-Coder / Qwen3.5 and GLM-4.x --------------------------------------------------------------
+
+
+def _value(rule: str, schema: object, close: str) -> list[str]:
+    """Rules for one parameter's value, ending with the `close` literal; `rule` names the value rule."""
+    s = as_ollama_reads(dict(schema)) if isinstance(schema, dict) else {}
+    kind = s.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), None)
+    enum = s.get("enum")
+    if isinstance(enum, list) and enum and all(isinstance(v, str) and v and "<" not in v for v in enum):
+        return [f"{rule}: (" + " | ".join(_lit(v) for v in enum) + f") {_lit(close)}"]
+    if kind == "integer":
+        return [f"{rule}: /-?(0|[1-9][0-9]{{0,15}})/ {_lit(close)}"]
+    if kind == "number":
+        return [f"{rule}: /-?(0|[1-9][0-9]{{0,15}})(\\.[0-9]{{1,10}})?/ {_lit(close)}"]
+    if kind == "boolean":
+        return [f'{rule}: ("true" | "false") {_lit(close)}']
+    if kind in ("object", "array"):
+        js = {**s, "x-guidance": JSON_OPTIONS}
+        return [f"{rule}: %json {json.dumps(js, ensure_ascii=False)} {_lit(close)}"]
+    # A string (or anything else): free text up to the first closing tag.
+    return [f"{rule}[lazy]: TEXT {_lit(close)}"]
+
+
+def _params(i: int, tool: ToolSpec, block: Any) -> tuple[str, list[str]]:
+    """The parameter blocks of tool i, in schema order: required ones always, optional ones optionally."""
+    props = tool.parameters.get("properties") if isinstance(tool.parameters, dict) else None
+    required = tool.parameters.get("required") if isinstance(tool.parameters, dict) else None
+    required = set(required) if isinstance(required, list) else set()
+    if not isinstance(props, dict):
+        return "", []
+    parts: list[str] = []
+    rules: list[str] = []
+    for k, (key, schema) in enumerate(props.items()):
+        head, close = block(key)
+        value = f"v_{i}_{k}"
+        rules += _value(value, schema, close)
+        item = f"{head} {value}"
+        parts.append(item if key in required else f"({item})?")
+    return " ".join(parts), rules
+
+
+def _qwen_call(i: int, tool: ToolSpec) -> list[str]:
+    body, rules = _params(i, tool, lambda key: (f'"\\n<parameter=" {_lit(key)} ">\\n"', "\n</parameter>"))
+    return [f'c_{i}: "<function=" {_lit(tool.name)} ">" {body} "\\n</function>"', *rules]
+
+
+def _glm_call(i: int, tool: ToolSpec) -> list[str]:
+    body, rules = _params(i, tool, lambda key: (f'"\\n<arg_key>" {_lit(key)} "</arg_key>\\n<arg_value>"',
+                                                "</arg_value>"))
+    return [f"c_{i}: {_lit(tool.name)} {body}", *rules]
+
+
+def _xml(tools: Sequence[ToolSpec], forced: bool, special: Collection[str], make: Any) -> str:
+    open_, close = _m("<tool_call>", special), _m("</tool_call>", special)
+    glm = make is _glm_call
+    inner = '"\\n" call "\\n"' if not glm else 'call "\\n"'
+    rules = [f"calls: {inner} {close} (SEP {open_} {inner} {close})* SEP",
+             "call: " + " | ".join(f"c_{i}" for i in range(len(tools)))]
+    for i, t in enumerate(tools):
+        rules += make(i, t)
+    if forced:
+        return _assemble(f"{open_} calls", rules, None)
+    return _assemble("TEXT | opener calls", rules, "<tool_call>", special)
