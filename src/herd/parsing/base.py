@@ -17,6 +17,10 @@ class ToolCall:
     id: str  # "call_" + 8 chars of [a-z0-9], as Ollama makes them
 
 
+# A call as a family parser reads it, before it gets its index and id: the tool's name and its arguments.
+ParsedCall = tuple[str, dict[str, object]]
+
+
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ is several times slower, and one is made per token
 class Delta:
     """What a chunk of model output adds to the visible message."""

@@ -57,7 +57,10 @@ import re
 from collections.abc import Callable, Sequence
 from enum import Enum, auto
 
-from herd.parsing.base import Delta, ToolCall
+from herd.parsing.base import Delta, ParsedCall
+from herd.parsing.jsoncalls import json_object
+from herd.parsing.machine import CallEmitter, Output, StepParser
+from herd.parsing.markers import find_from, split_at_marker
 from herd.parsing.thinking import ThinkingParser
 from herd.parsing.toolcalls import new_call_id
 from herd.types import ToolDef
@@ -98,8 +101,11 @@ class DeepSeekState(Enum):
     DSML = auto()
 
 
-class DeepSeekParser:
+class DeepSeekParser(StepParser, CallEmitter):
     """Incremental parser for one DeepSeek assistant turn: content, `<think>` reasoning and tool calls."""
+
+    _family = "DeepSeek"
+    _log = log
 
     def __init__(
         self,
@@ -109,53 +115,37 @@ class DeepSeekParser:
         *,
         new_id: Callable[[], str] = new_call_id,
     ) -> None:
-        self._names = frozenset(t.name for t in tools if t.name)
+        super().__init__(tools, new_id)
         self._thinking = ThinkingParser(prefilled=prefilled) if thinking else None
-        self._new_id = new_id
         self.state = DeepSeekState.CONTENT
         self._buf = ""
         self._pos = 0  # CALL / DSML: where the search for the end marker resumes
         self._in_section = False  # the current call sits inside <｜tool▁calls▁begin｜>
         self._eat_ws = False  # CONTENT: drop whitespace that follows a parsed call or a section end
-        self._n = 0  # calls parsed so far: the next call's index
 
     def feed(self, text: str) -> Delta:
         if not text:
             return Delta()
         if self._thinking is None:
-            return self._scan(text, final=False)
+            return self._run(text, final=False)
         split = self._thinking.feed(text)
-        out = self._scan(split.content, final=False)
+        out = self._run(split.content, final=False)
         return Delta(out.content, split.thinking, out.tool_calls)
 
     def finish(self) -> Delta:
         split = self._thinking.finish() if self._thinking is not None else Delta()
-        out = self._scan(split.content, final=True)
+        out = self._run(split.content, final=True)
         return Delta(out.content, split.thinking, out.tool_calls)
 
     # --- the state machine ----------------------------------------------------------------------------------
 
-    def _scan(self, text: str, final: bool) -> Delta:
-        # Appended through a local that holds the only reference, so CPython grows the string in place
-        # instead of copying the whole buffer on every token (a long argument would cost quadratic time).
-        buf, self._buf = self._buf, ""
-        buf += text
-        self._buf = buf
-        content: list[str] = []
-        calls: list[ToolCall] = []
-        while self._step(content, calls):
-            pass
-        if final:
-            self._flush(content, calls)
-        return Delta(content="".join(content), tool_calls=tuple(calls))
-
-    def _step(self, content: list[str], calls: list[ToolCall]) -> bool:
+    def _step(self, out: Output) -> bool:
         """Consume what the buffer allows in the current state. True when another step can make progress."""
         state = self.state
         if state is DeepSeekState.CONTENT:
-            return self._step_text(content, _CONTENT_MARKERS)
+            return self._step_text(out, _CONTENT_MARKERS)
         if state is DeepSeekState.SECTION_TEXT:
-            return self._step_text(content, _SECTION_MARKERS)
+            return self._step_text(out, _SECTION_MARKERS)
         if state is DeepSeekState.SECTION:
             buf = self._buf = self._buf.lstrip()
             if not buf:
@@ -174,24 +164,23 @@ class DeepSeekParser:
             self.state = DeepSeekState.SECTION_TEXT
             return True
         end_marker = CALL_END if state is DeepSeekState.CALL else DSML_END
-        i = self._buf.find(end_marker, self._pos)
+        i, self._pos = find_from(self._buf, end_marker, self._pos)
         if i < 0:
-            self._pos = max(0, len(self._buf) - len(end_marker) + 1)
             return False
         body = self._buf[:i]
         self._buf = self._buf[i + len(end_marker) :]
         if state is DeepSeekState.CALL:
-            ok = self._emit(self._parse_call(body), CALL_BEGIN + body + CALL_END, content, calls)
+            ok = self._emit(self._parse_call(body), CALL_BEGIN + body + CALL_END, out)
             if self._in_section:
                 self.state = DeepSeekState.SECTION
                 return True
         else:
-            ok = self._emit(self._parse_dsml(body), DSML_BEGIN + body + DSML_END, content, calls)
+            ok = self._emit(self._parse_dsml(body), DSML_BEGIN + body + DSML_END, out)
         self.state = DeepSeekState.CONTENT
         self._eat_ws = ok
         return True
 
-    def _step_text(self, content: list[str], markers: tuple[str, ...]) -> bool:
+    def _step_text(self, out: Output, markers: tuple[str, ...]) -> bool:
         buf = self._buf
         if self._eat_ws:
             buf = buf.lstrip()
@@ -199,17 +188,13 @@ class DeepSeekParser:
                 self._buf = ""
                 return False
             self._eat_ws = False
-        found = _earliest(buf, markers)
-        if found is None:
-            keep = _partial_len(buf, markers)
-            content.append(buf[: len(buf) - keep])
-            self._buf = buf[len(buf) - keep :]
+        before, marker, rest = split_at_marker(buf, markers)
+        out.content.append(before)
+        if not marker:
+            self._buf = rest  # a possible partial marker
             return False
-        i, marker = found
-        content.append(buf[:i])
-        rest = buf[i + len(marker) :]
         if self.state is DeepSeekState.SECTION_TEXT:
-            self._buf = buf[i:]  # SECTION takes the marker
+            self._buf = marker + rest  # SECTION takes the marker
             self.state = DeepSeekState.SECTION
         elif marker == CALLS_BEGIN:
             self._buf = rest
@@ -227,38 +212,22 @@ class DeepSeekParser:
         self._pos = 0
         self._in_section = in_section
 
-    def _flush(self, content: list[str], calls: list[ToolCall]) -> None:
+    def _flush(self, out: Output) -> None:
         """End of output: nothing held back may be lost."""
         buf, self._buf = self._buf, ""
         state, self.state = self.state, DeepSeekState.CONTENT
         if state is DeepSeekState.CALL:
             log.warning("DeepSeek tool call never ended; given back as content: %.300r", buf)
-            content.append(CALL_BEGIN + buf)
+            out.content.append(CALL_BEGIN + buf)
         elif state is DeepSeekState.DSML:
             log.warning("DeepSeek DSML tool-call block never ended; given back as content: %.300r", buf)
-            content.append(DSML_BEGIN + buf)
+            out.content.append(DSML_BEGIN + buf)
         elif not (self._eat_ws and not buf.strip()):
-            content.append(buf)  # a partial marker that never completed is ordinary text
-
-    def _emit(
-        self,
-        parsed: list[tuple[str, dict[str, object]]] | str,
-        raw: str,
-        content: list[str],
-        calls: list[ToolCall],
-    ) -> bool:
-        if isinstance(parsed, str):
-            log.warning("DeepSeek tool call given back as content (%s): %.300r", parsed, raw)
-            content.append(raw)
-            return False
-        for name, args in parsed:
-            calls.append(ToolCall(name=name, arguments=args, index=self._n, id=self._new_id()))
-            self._n += 1
-        return True
+            out.content.append(buf)  # a partial marker that never completed is ordinary text
 
     # --- call bodies ------------------------------------------------------------------------------------------
 
-    def _parse_call(self, body: str) -> list[tuple[str, dict[str, object]]] | str:
+    def _parse_call(self, body: str) -> list[ParsedCall] | str:
         """One call between <｜tool▁call▁begin｜> and <｜tool▁call▁end｜>; a reason string when it is not one."""
         head, sep, tail = body.partition(TOOL_SEP)
         if not sep:
@@ -276,14 +245,14 @@ class DeepSeekParser:
             return f"arguments of {head!r} are not a JSON object"
         if name not in self._names:
             return f"tool {name!r} was not offered"
-        args = _json_object(args_text)
+        args = json_object(args_text)
         if args is None:
             return f"arguments of {name!r} are not a JSON object"
         return [(name, args)]
 
-    def _parse_dsml(self, body: str) -> list[tuple[str, dict[str, object]]] | str:
+    def _parse_dsml(self, body: str) -> list[ParsedCall] | str:
         """A whole V3.2 DSML block: every invoke must parse, or the block is given back."""
-        found: list[tuple[str, dict[str, object]]] = []
+        found: list[ParsedCall] = []
         pos = 0
         while body[pos:].strip():
             m = _DSML_INVOKE_RE.match(body, pos)
@@ -312,35 +281,3 @@ class DeepSeekParser:
         if not found:
             return "empty DSML block"
         return found
-
-
-def _json_object(text: str) -> dict[str, object] | None:
-    """Arguments as a JSON object; an empty text is a call without arguments. None when not an object."""
-    if not text.strip():
-        return {}
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _earliest(buf: str, markers: Sequence[str]) -> tuple[int, str] | None:
-    """The first occurrence of any marker in `buf` (the longest one where two start at the same place)."""
-    best: tuple[int, str] | None = None
-    for marker in markers:
-        i = buf.find(marker)
-        if i >= 0 and (best is None or i < best[0] or (i == best[0] and len(marker) > len(best[1]))):
-            best = (i, marker)
-    return best
-
-
-def _partial_len(buf: str, markers: Sequence[str]) -> int:
-    """Length of the longest suffix of `buf` that is a proper prefix of one of the markers (0 if none)."""
-    longest = 0
-    for marker in markers:
-        for n in range(min(len(marker) - 1, len(buf)), longest, -1):
-            if buf.endswith(marker[:n]):
-                longest = n
-                break
-    return longest

@@ -66,8 +66,10 @@ import logging
 from collections.abc import Callable, Sequence
 from enum import Enum, auto
 
-from herd.parsing.base import Delta, ToolCall
-from herd.parsing.granite import BracketScanner, call_from_object
+from herd.parsing.base import Delta, ParsedCall
+from herd.parsing.jsoncalls import BracketScanner, calls_from_objects, reject_constant
+from herd.parsing.machine import CallEmitter, Output, StepParser
+from herd.parsing.markers import find_from, split_at_marker
 from herd.parsing.toolcalls import new_call_id
 from herd.types import ToolDef
 
@@ -81,6 +83,7 @@ CALL_CLOSE = "<tool_call|>"
 TOOL_RESPONSE = "<|tool_response>"
 STRING_DELIM = '<|"|>'
 _POST_CALL_NOISE = (CALL_CLOSE, TOOL_RESPONSE)
+_GEMMA4_MARKERS = (CHANNEL_OPEN, CALL_OPEN)
 
 FENCE_TOOL_CODE = "```tool_code\n"
 FENCE_JSON = "```json\n"
@@ -90,14 +93,9 @@ FG_CALL_CLOSE = "<end_function_call>"
 FG_STRING_DELIM = "<escape>"
 
 _MAX_DEPTH = 100  # nesting of argument values; deeper text is not a call
-_Calls = list[tuple[str, dict[str, object]]]
+_Calls = list[ParsedCall]
 
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
-
-
-_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+_JSON = json.JSONDecoder(parse_constant=reject_constant)
 
 
 # --- Gemma's argument notation ----------------------------------------------------------------------------------
@@ -233,27 +231,6 @@ def _parse_notation_call(body: str, delim: str, names: frozenset[str]) -> _Calls
     return [(name, args)]
 
 
-class _CallEmitter:
-    """Turns parsed calls into ToolCalls with the turn's running index; gives failures back as content."""
-
-    _family = "Gemma"
-
-    def __init__(self, new_id: Callable[[], str]) -> None:
-        self._new_id = new_id
-        self._n = 0  # calls parsed so far: the next call's index
-
-    def _emit(self, parsed: _Calls | str, raw: str, content: list[str], calls: list[ToolCall]) -> bool:
-        """True when calls were made; a reason string gives `raw` back as content, with a warning."""
-        if isinstance(parsed, str):
-            log.warning("%s tool call given back as content (%s): %.300r", self._family, parsed, raw)
-            content.append(raw)
-            return False
-        for name, args in parsed:
-            calls.append(ToolCall(name=name, arguments=args, index=self._n, id=self._new_id()))
-            self._n += 1
-        return True
-
-
 # --- Gemma 4 -----------------------------------------------------------------------------------------------------
 
 
@@ -272,10 +249,11 @@ class Gemma4State(Enum):
     AFTER_CALL = auto()
 
 
-class Gemma4Parser(_CallEmitter):
+class Gemma4Parser(StepParser, CallEmitter):
     """Incremental parser for one Gemma 4 assistant turn."""
 
     _family = "Gemma 4"
+    _log = log
 
     def __init__(
         self,
@@ -285,8 +263,7 @@ class Gemma4Parser(_CallEmitter):
         *,
         new_id: Callable[[], str] = new_call_id,
     ) -> None:
-        super().__init__(new_id)
-        self._names = frozenset(t.name for t in tools if t.name)
+        super().__init__(tools, new_id)
         self._thinking = thinking
         # A pre-opened channel already carries its name, so the output is reasoning text from the first token.
         self.state = Gemma4State.THINKING if prefilled else Gemma4State.CONTENT
@@ -294,30 +271,7 @@ class Gemma4Parser(_CallEmitter):
         self._pos = 0  # CALL: where the search for <tool_call|> resumes
         self._eat_ws = False  # CONTENT: drop whitespace after a channel block
 
-    def feed(self, text: str) -> Delta:
-        if not text:
-            return Delta()
-        return self._run(text, final=False)
-
-    def finish(self) -> Delta:
-        return self._run("", final=True)
-
-    def _run(self, text: str, final: bool) -> Delta:
-        # Appended through a local that holds the only reference, so CPython grows the string in place
-        # instead of copying the whole buffer on every token (a long argument would cost quadratic time).
-        buf, self._buf = self._buf, ""
-        buf += text
-        self._buf = buf
-        content: list[str] = []
-        thinking: list[str] = []
-        calls: list[ToolCall] = []
-        while self._step(content, thinking, calls):
-            pass
-        if final:
-            self._flush(content, thinking, calls)
-        return Delta(content="".join(content), thinking="".join(thinking), tool_calls=tuple(calls))
-
-    def _step(self, content: list[str], thinking: list[str], calls: list[ToolCall]) -> bool:
+    def _step(self, out: Output) -> bool:
         state = self.state
         buf = self._buf
         if state is Gemma4State.CONTENT:
@@ -327,16 +281,10 @@ class Gemma4Parser(_CallEmitter):
                     self._buf = ""
                     return False
                 self._eat_ws = False
-            markers = (CHANNEL_OPEN, CALL_OPEN)
-            found = _earliest(buf, markers)
-            if found is None:
-                keep = _partial_len(buf, markers)
-                content.append(buf[: len(buf) - keep])
-                self._buf = buf[len(buf) - keep :]
-                return False
-            i, marker = found
-            content.append(buf[:i])
-            self._buf = buf[i + len(marker) :]
+            before, marker, self._buf = split_at_marker(buf, _GEMMA4_MARKERS)
+            out.content.append(before)
+            if not marker:
+                return False  # only a possible partial marker is held
             self._pos = 0
             self.state = Gemma4State.CHANNEL_NAME if marker == CHANNEL_OPEN else Gemma4State.CALL
             return True
@@ -350,30 +298,26 @@ class Gemma4Parser(_CallEmitter):
             return True
 
         if state is Gemma4State.THINKING:
-            i = buf.find(CHANNEL_CLOSE)
-            if i >= 0:
-                if self._thinking:
-                    thinking.append(buf[:i].rstrip())
-                self._buf = buf[i + len(CHANNEL_CLOSE) :]
+            before, closer, rest = split_at_marker(buf, (CHANNEL_CLOSE,))
+            reasoning = before.rstrip()
+            if self._thinking:
+                out.thinking.append(reasoning)
+            if closer:
+                self._buf = rest
                 self.state = Gemma4State.CONTENT
                 self._eat_ws = True
                 return True
-            cut = len(buf) - _partial_len(buf, (CHANNEL_CLOSE,))
-            cut = len(buf[:cut].rstrip())
-            if self._thinking:
-                thinking.append(buf[:cut])
-            self._buf = buf[cut:]
+            self._buf = buf[len(reasoning) :]  # trailing whitespace waits: it is dropped if the closer follows
             return False
 
         if state is Gemma4State.CALL:
-            i = buf.find(CALL_CLOSE, self._pos)
+            i, self._pos = find_from(buf, CALL_CLOSE, self._pos)
             if i < 0:
-                self._pos = max(0, len(buf) - len(CALL_CLOSE) + 1)
                 return False
             body = buf[:i]
             self._buf = buf[i + len(CALL_CLOSE) :]
             parsed = _parse_notation_call(body, STRING_DELIM, self._names)
-            ok = self._emit(parsed, CALL_OPEN + body + CALL_CLOSE, content, calls)
+            ok = self._emit(parsed, CALL_OPEN + body + CALL_CLOSE, out)
             self.state = Gemma4State.AFTER_CALL if ok else Gemma4State.CONTENT
             return True
 
@@ -388,16 +332,16 @@ class Gemma4Parser(_CallEmitter):
         self.state = Gemma4State.CONTENT
         return True
 
-    def _flush(self, content: list[str], thinking: list[str], calls: list[ToolCall]) -> None:
+    def _flush(self, out: Output) -> None:
         buf, self._buf = self._buf, ""
         state, self.state = self.state, Gemma4State.CONTENT
         if state is Gemma4State.CONTENT:
-            content.append(buf)  # a partial marker that never completed is ordinary text
+            out.content.append(buf)  # a partial marker that never completed is ordinary text
         elif state is Gemma4State.THINKING and self._thinking:
-            thinking.append(buf.rstrip())
+            out.thinking.append(buf.rstrip())
         elif state is Gemma4State.CALL:
             # Ollama flushes an unclosed call at the end: the model may stop before <tool_call|>.
-            self._emit(_parse_notation_call(buf, STRING_DELIM, self._names), CALL_OPEN + buf, content, calls)
+            self._emit(_parse_notation_call(buf, STRING_DELIM, self._names), CALL_OPEN + buf, out)
         # CHANNEL_NAME holds part of the name, AFTER_CALL part of a noise marker: both are dropped.
 
 
@@ -426,10 +370,11 @@ class Gemma3State(Enum):
 _GEMMA3_MARKERS = (FENCE_TOOL_CODE, FENCE_JSON, FG_CALL_OPEN)
 
 
-class Gemma3Parser(_CallEmitter):
+class Gemma3Parser(StepParser, CallEmitter):
     """Incremental parser for one Gemma 3 (or FunctionGemma) assistant turn. Gemma 3 has no reasoning markup."""
 
     _family = "Gemma 3"
+    _log = log
 
     def __init__(
         self,
@@ -440,8 +385,7 @@ class Gemma3Parser(_CallEmitter):
         new_id: Callable[[], str] = new_call_id,
     ) -> None:
         del thinking, prefilled  # no reasoning markup in Gemma 3
-        super().__init__(new_id)
-        self._names = frozenset(t.name for t in tools if t.name)
+        super().__init__(tools, new_id)
         self.state = Gemma3State.LEADING if self._names else Gemma3State.DONE
         self._buf = ""
         self._pos = 0  # FENCE / FUNCTION_CALL: where the search for the closer resumes
@@ -449,30 +393,11 @@ class Gemma3Parser(_CallEmitter):
         self._scanner = BracketScanner()
 
     def feed(self, text: str) -> Delta:
-        if not text:
-            return Delta()
-        if self.state is Gemma3State.DONE:
+        if text and self.state is Gemma3State.DONE:
             return Delta(content=text)
-        return self._run(text, final=False)
+        return super().feed(text)
 
-    def finish(self) -> Delta:
-        return self._run("", final=True)
-
-    def _run(self, text: str, final: bool) -> Delta:
-        # Appended through a local that holds the only reference, so CPython grows the string in place
-        # instead of copying the whole buffer on every token (a long argument would cost quadratic time).
-        buf, self._buf = self._buf, ""
-        buf += text
-        self._buf = buf
-        content: list[str] = []
-        calls: list[ToolCall] = []
-        while self._step(content, calls):
-            pass
-        if final:
-            self._flush(content)
-        return Delta(content="".join(content), tool_calls=tuple(calls))
-
-    def _step(self, content: list[str], calls: list[ToolCall]) -> bool:
+    def _step(self, out: Output) -> bool:
         state = self.state
         buf = self._buf
         if state in (Gemma3State.LEADING, Gemma3State.AFTER_CALL):
@@ -482,7 +407,7 @@ class Gemma3Parser(_CallEmitter):
             if not stripped:
                 return False
             if stripped[0] in "{[":
-                content.append(buf[: len(buf) - len(stripped)])  # leading whitespace is content, as in Ollama
+                out.content.append(buf[: len(buf) - len(stripped)])  # leading whitespace is content, as in Ollama
                 self._buf = stripped
                 self._scanner = BracketScanner()
                 self.state = Gemma3State.VALUE
@@ -498,23 +423,18 @@ class Gemma3Parser(_CallEmitter):
             self._buf = buf[end:]
             calls_or_reason = _gemma3_calls(raw, self._names)
             if calls_or_reason is None:
-                content.append(raw)  # ordinary JSON, not a call
+                out.content.append(raw)  # ordinary JSON, not a call
                 self.state = Gemma3State.CONTENT
             else:
-                ok = self._emit(calls_or_reason, raw, content, calls)
+                ok = self._emit(calls_or_reason, raw, out)
                 self.state = Gemma3State.AFTER_CALL if ok else Gemma3State.CONTENT
             return True
 
         if state is Gemma3State.CONTENT:
-            found = _earliest(buf, _GEMMA3_MARKERS)
-            if found is None:
-                keep = _partial_len(buf, _GEMMA3_MARKERS)
-                content.append(buf[: len(buf) - keep])
-                self._buf = buf[len(buf) - keep :]
-                return False
-            i, marker = found
-            content.append(buf[:i])
-            self._buf = buf[i + len(marker) :]
+            before, marker, self._buf = split_at_marker(buf, _GEMMA3_MARKERS)
+            out.content.append(before)
+            if not marker:
+                return False  # only a possible partial marker is held
             self._pos = 0
             self._fence = marker
             self.state = Gemma3State.FUNCTION_CALL if marker == FG_CALL_OPEN else Gemma3State.FENCE
@@ -522,9 +442,8 @@ class Gemma3Parser(_CallEmitter):
 
         # FENCE or FUNCTION_CALL
         closer = FG_CALL_CLOSE if state is Gemma3State.FUNCTION_CALL else FENCE_CLOSE
-        i = buf.find(closer, self._pos)
+        i, self._pos = find_from(buf, closer, self._pos)
         if i < 0:
-            self._pos = max(0, len(buf) - len(closer) + 1)
             return False
         body = buf[:i]
         self._buf = buf[i + len(closer) :]
@@ -536,14 +455,14 @@ class Gemma3Parser(_CallEmitter):
             if parsed is None and self._fence == FENCE_TOOL_CODE:
                 parsed = "no function call in the tool_code block"  # the block is meant for calls
         if parsed is None:
-            content.append(raw)  # a ```json block that is not a call
+            out.content.append(raw)  # a ```json block that is not a call
             self.state = Gemma3State.CONTENT
         else:
-            ok = self._emit(parsed, raw, content, calls)
+            ok = self._emit(parsed, raw, out)
             self.state = Gemma3State.AFTER_CALL if ok else Gemma3State.CONTENT
         return True
 
-    def _flush(self, content: list[str]) -> None:
+    def _flush(self, out: Output) -> None:
         buf, self._buf = self._buf, ""
         state, self.state = self.state, Gemma3State.DONE
         if state is Gemma3State.VALUE:
@@ -553,7 +472,7 @@ class Gemma3Parser(_CallEmitter):
             buf = self._fence + buf
         elif state is Gemma3State.AFTER_CALL:
             return  # only whitespace
-        content.append(buf)
+        out.content.append(buf)
 
 
 def _gemma3_calls(text: str, names: frozenset[str]) -> _Calls | str | None:
@@ -566,13 +485,7 @@ def _gemma3_calls(text: str, names: frozenset[str]) -> _Calls | str | None:
     items = value if isinstance(value, list) else [value]
     if not items or not all(isinstance(item, dict) and "name" in item for item in items):
         return None
-    found: _Calls = []
-    for item in items:
-        call = call_from_object(item, names)
-        if isinstance(call, str):
-            return call
-        found.append(call)
-    return found
+    return calls_from_objects(items, names)
 
 
 def _python_calls(text: str, names: frozenset[str]) -> _Calls | str | None:
@@ -604,7 +517,7 @@ def _python_calls(text: str, names: frozenset[str]) -> _Calls | str | None:
     return found
 
 
-def _python_call(node: ast.Call, names: frozenset[str]) -> tuple[str, dict[str, object]] | str:
+def _python_call(node: ast.Call, names: frozenset[str]) -> ParsedCall | str:
     inner = node.args[0] if len(node.args) == 1 and not node.keywords else None
     if isinstance(node.func, ast.Name) and node.func.id == "print" and isinstance(inner, ast.Call):
         node = inner  # print(get_weather(city="Paris")), as tool_code examples write it
@@ -682,24 +595,3 @@ class GemmaParser:
 
     def finish(self) -> Delta:
         return self._impl.finish()
-
-
-def _earliest(buf: str, markers: Sequence[str]) -> tuple[int, str] | None:
-    """The first occurrence of any marker in `buf` (the longest one where two start at the same place)."""
-    best: tuple[int, str] | None = None
-    for marker in markers:
-        i = buf.find(marker)
-        if i >= 0 and (best is None or i < best[0] or (i == best[0] and len(marker) > len(best[1]))):
-            best = (i, marker)
-    return best
-
-
-def _partial_len(buf: str, markers: Sequence[str]) -> int:
-    """Length of the longest suffix of `buf` that is a proper prefix of one of the markers (0 if none)."""
-    longest = 0
-    for marker in markers:
-        for n in range(min(len(marker) - 1, len(buf)), longest, -1):
-            if buf.endswith(marker[:n]):
-                longest = n
-                break
-    return longest

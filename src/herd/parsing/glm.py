@@ -52,7 +52,8 @@ as `str.isspace` defines it, possibly empty):
   the four argument tags. A call without arguments is `<tool_call>NAME</tool_call>`.
 - KEY is the parameter name (stripped). VALUE contains none of "<arg_key>", "</arg_key>", "<arg_value>",
   "</arg_value>", "</tool_call>"; one leading and one trailing "\\n" are removed.
-- VALUE is converted by the schema type of KEY exactly as in `herd.parsing.qwen3_coder` (its Grammar section):
+- VALUE is converted by the schema type of KEY exactly as in `herd.parsing.qwen3_coder` (its Grammar section;
+  both use `herd.parsing.xmlcalls.parse_value`):
   `null` is None for any type, booleans `true`/`false`, integers, numbers, JSON arrays/objects, else the string.
 - Canonical forms: GLM-4.5/4.6 `<tool_call>NAME\\n<arg_key>K</arg_key>\\n<arg_value>V</arg_value>\\n</tool_call>`,
   GLM-4.7 the same with no newlines. Whitespace before `<tool_call>` and after `</tool_call>` is dropped.
@@ -63,24 +64,25 @@ as `str.isspace` defines it, possibly empty):
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from enum import Enum, auto
 
-from herd.parsing.qwen3_coder import (
-    THINK_CLOSE,
-    THINK_OPEN,
+from herd.parsing.base import ParsedCall
+from herd.parsing.thinking import THINK_CLOSE, THINK_OPEN, ThinkingParser
+from herd.parsing.xmlcalls import (
     CallError,
     CallStage,
-    ParsedCall,
     XmlCallParser,
     check_required,
     declared_types,
     offered,
     parse_value,
 )
-from herd.parsing.thinking import ThinkingParser
 from herd.types import ToolDef
+
+log = logging.getLogger(__name__)
 
 _KEY_OPEN = "<arg_key>"
 _KEY_CLOSE = "</arg_key>"
@@ -187,4 +189,4 @@ class GlmParser(XmlCallParser):
 
     def __init__(self, tools: Sequence[ToolDef], thinking: bool = False, prefilled: bool = False) -> None:
         front = ThinkingParser(THINK_OPEN, THINK_CLOSE, prefilled=prefilled) if thinking or prefilled else None
-        super().__init__(front, CallStage(tools, parse_glm_body, "glm"))
+        super().__init__(front, CallStage(tools, parse_glm_body, "glm", log))

@@ -54,7 +54,11 @@ import logging
 from collections.abc import Callable, Sequence
 from enum import Enum, auto
 
-from herd.parsing.base import Delta, ToolCall
+from herd.parsing.base import ParsedCall
+from herd.parsing.jsoncalls import BracketScanner, calls_from_objects
+from herd.parsing.machine import CallEmitter, Output, StepParser
+from herd.parsing.markers import split_at_marker
+from herd.parsing.thinking import THINK_CLOSE, THINK_OPEN
 from herd.parsing.toolcalls import new_call_id
 from herd.types import ToolDef
 
@@ -63,8 +67,6 @@ log = logging.getLogger(__name__)
 TOOL_CALL_TOKEN = "<|tool_call|>"  # Granite 3.x
 TOOL_CALL_OPEN = "<tool_call>"  # Granite 4.x (and the plain-text spelling of 3.1+)
 TOOL_CALL_CLOSE = "</tool_call>"
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
 RESPONSE_OPEN = "<response>"
 RESPONSE_CLOSE = "</response>"
 _RESPONSE_PHRASES = ("Here is my response:", "Here's my response:")
@@ -75,47 +77,6 @@ _OPENERS: dict[str, tuple[str, ...]] = {
     "Here's my thought process:": _RESPONSE_PHRASES,
 }
 _ALL_CLOSERS = (THINK_CLOSE, *_RESPONSE_PHRASES)
-
-
-class BracketScanner:
-    """Finds where one bracketed value ({…} or […]) ends, fed a growing buffer piece by piece.
-
-    Brackets count only outside strings; strings open with " or ' and close with the same quote, backslash escapes
-    honoured. That is JSON's lexing and Python's too (for pythonic calls), so one scanner serves both; whether the
-    text is valid is for the real parser to say. Shared with gemma.py.
-    """
-
-    def __init__(self, start: int = 0) -> None:
-        self.pos = start  # next index to look at; the value's opening bracket is at `start`
-        self._depth = 0
-        self._quote = ""  # the quote of the string we are in, "" outside strings
-        self._escaped = False
-
-    def advance(self, buf: str) -> int | None:
-        """Scan new text. Returns the index just past the closing bracket, or None while the value is open."""
-        i = self.pos
-        n = len(buf)
-        while i < n:
-            c = buf[i]
-            i += 1
-            if self._quote:
-                if self._escaped:
-                    self._escaped = False
-                elif c == "\\":
-                    self._escaped = True
-                elif c == self._quote:
-                    self._quote = ""
-            elif c in "\"'":
-                self._quote = c
-            elif c in "{[":
-                self._depth += 1
-            elif c in "}]":
-                self._depth -= 1
-                if self._depth <= 0:
-                    self.pos = i
-                    return i
-        self.pos = i
-        return None
 
 
 class GraniteState(Enum):
@@ -140,8 +101,11 @@ class GraniteState(Enum):
     CALL_CLOSE = auto()
 
 
-class GraniteParser:
+class GraniteParser(StepParser, CallEmitter):
     """Incremental parser for one Granite assistant turn: content, reasoning and tool calls."""
+
+    _family = "Granite"
+    _log = log
 
     def __init__(
         self,
@@ -151,8 +115,7 @@ class GraniteParser:
         *,
         new_id: Callable[[], str] = new_call_id,
     ) -> None:
-        self._names = frozenset(t.name for t in tools if t.name)
-        self._new_id = new_id
+        super().__init__(tools, new_id)
         self._closers: tuple[str, ...] = _ALL_CLOSERS
         if thinking and prefilled:
             self.state = GraniteState.THINKING_STARTED
@@ -166,32 +129,8 @@ class GraniteParser:
         self._opener = ""  # CALL_*: the marker that opened the call
         self._value_start = 0  # CALL_VALUE: index of the value's opening bracket in _buf
         self._scanner = BracketScanner()
-        self._n = 0
 
-    def feed(self, text: str) -> Delta:
-        if not text:
-            return Delta()
-        return self._run(text, final=False)
-
-    def finish(self) -> Delta:
-        return self._run("", final=True)
-
-    def _run(self, text: str, final: bool) -> Delta:
-        # Appended through a local that holds the only reference, so CPython grows the string in place
-        # instead of copying the whole buffer on every token (a long argument would cost quadratic time).
-        buf, self._buf = self._buf, ""
-        buf += text
-        self._buf = buf
-        content: list[str] = []
-        thinking: list[str] = []
-        calls: list[ToolCall] = []
-        while self._step(content, thinking, calls):
-            pass
-        if final:
-            self._flush(content, thinking)
-        return Delta(content="".join(content), thinking="".join(thinking), tool_calls=tuple(calls))
-
-    def _step(self, content: list[str], thinking: list[str], calls: list[ToolCall]) -> bool:
+    def _step(self, out: Output) -> bool:
         """Consume what the buffer allows in the current state. True when another step can make progress."""
         state = self.state
         buf = self._buf
@@ -216,17 +155,14 @@ class GraniteParser:
             return True
 
         if state is GraniteState.THINKING:
-            found = _earliest(buf, self._closers)
-            if found is not None:
-                i, closer = found
-                thinking.append(buf[:i].rstrip())
-                self._buf = buf[i + len(closer) :]
+            before, closer, rest = split_at_marker(buf, self._closers)
+            reasoning = before.rstrip()
+            out.thinking.append(reasoning)
+            if closer:
+                self._buf = rest
                 self.state = GraniteState.RESPONSE_START
                 return True
-            cut = len(buf) - _partial_len(buf, self._closers)
-            cut = len(buf[:cut].rstrip())  # trailing whitespace waits: it is dropped if the closer follows
-            thinking.append(buf[:cut])
-            self._buf = buf[cut:]
+            self._buf = buf[len(reasoning) :]  # trailing whitespace waits: it is dropped if the closer follows
             return False
 
         if state is GraniteState.RESPONSE_START:
@@ -241,7 +177,7 @@ class GraniteParser:
             return True
 
         if state is GraniteState.CONTENT:
-            return self._step_content(content)
+            return self._step_content(out)
 
         if state is GraniteState.CALL_START:
             stripped = buf.lstrip()
@@ -253,7 +189,7 @@ class GraniteParser:
                 self.state = GraniteState.CALL_VALUE
                 return True
             log.warning("Granite %s not followed by JSON; given back as content", self._opener)
-            content.append(self._opener)  # the rest flows on as content
+            out.content.append(self._opener)  # the rest flows on as content
             self.state = GraniteState.CONTENT
             return True
 
@@ -263,16 +199,8 @@ class GraniteParser:
                 return False
             parsed = self._parse_value(buf[self._value_start : end])
             self._buf = buf[end:]
-            if isinstance(parsed, str):
-                raw = self._opener + buf[:end]
-                log.warning("Granite tool call given back as content (%s): %.300r", parsed, raw)
-                content.append(raw)
-                self.state = GraniteState.CONTENT
-                return True
-            for name, args in parsed:
-                calls.append(ToolCall(name=name, arguments=args, index=self._n, id=self._new_id()))
-                self._n += 1
-            self.state = GraniteState.CALL_CLOSE
+            ok = self._emit(parsed, self._opener + buf[:end], out)
+            self.state = GraniteState.CALL_CLOSE if ok else GraniteState.CONTENT
             return True
 
         # CALL_CLOSE
@@ -286,7 +214,7 @@ class GraniteParser:
         self._eat_ws = True
         return True
 
-    def _step_content(self, content: list[str]) -> bool:
+    def _step_content(self, out: Output) -> bool:
         buf = self._buf
         if self._eat_ws:
             buf = buf.lstrip()
@@ -295,15 +223,10 @@ class GraniteParser:
                 return False
             self._eat_ws = False
         markers = (TOOL_CALL_TOKEN, TOOL_CALL_OPEN, RESPONSE_CLOSE) if self._in_response else _CALL_MARKERS
-        found = _earliest(buf, markers)
-        if found is None:
-            keep = _partial_len(buf, markers)
-            content.append(buf[: len(buf) - keep])
-            self._buf = buf[len(buf) - keep :]
-            return False
-        i, marker = found
-        content.append(buf[:i])
-        self._buf = buf[i + len(marker) :]
+        before, marker, self._buf = split_at_marker(buf, markers)
+        out.content.append(before)
+        if not marker:
+            return False  # only a possible partial marker is held
         if marker == RESPONSE_CLOSE:
             self._in_response = False  # the response wrapper of Granite 3.3 is not content
         else:
@@ -311,19 +234,19 @@ class GraniteParser:
             self.state = GraniteState.CALL_START
         return True
 
-    def _flush(self, content: list[str], thinking: list[str]) -> None:
+    def _flush(self, out: Output) -> None:
         """End of output: nothing held back may be lost."""
         buf, self._buf = self._buf, ""
         state, self.state = self.state, GraniteState.CONTENT
         if state is GraniteState.THINKING:
-            thinking.append(buf.rstrip())  # the model stopped mid-thought
+            out.thinking.append(buf.rstrip())  # the model stopped mid-thought
         elif state in (GraniteState.CALL_START, GraniteState.CALL_VALUE):
             log.warning("Granite tool call never ended; given back as content: %.300r", self._opener + buf)
-            content.append(self._opener + buf)
+            out.content.append(self._opener + buf)
         elif state is not GraniteState.THINKING_STARTED:
-            content.append(buf)  # a partial marker that never completed is ordinary text
+            out.content.append(buf)  # a partial marker that never completed is ordinary text
 
-    def _parse_value(self, raw: str) -> list[tuple[str, dict[str, object]]] | str:
+    def _parse_value(self, raw: str) -> list[ParsedCall] | str:
         """The JSON after a marker: one call object or a list of them, all valid, or a reason string."""
         try:
             value = json.loads(raw)
@@ -332,60 +255,7 @@ class GraniteParser:
         items = value if isinstance(value, list) else [value]
         if not items:
             return "an empty list of calls"
-        found: list[tuple[str, dict[str, object]]] = []
-        for item in items:
-            call = call_from_object(item, self._names)
-            if isinstance(call, str):
-                return call
-            found.append(call)
-        return found
+        return calls_from_objects(items, self._names)
 
 
 _CALL_MARKERS = (TOOL_CALL_TOKEN, TOOL_CALL_OPEN)
-
-
-def call_from_object(item: object, names: frozenset[str]) -> tuple[str, dict[str, object]] | str:
-    """{"name": NAME, "arguments" | "parameters": ARGS} as (name, arguments), or a reason string. Shared with gemma.py.
-
-    ARGS may be an object or a string holding one (OpenAI style); a call without either key has no arguments.
-    """
-    if not isinstance(item, dict):
-        return "a call is not a JSON object"
-    name = item.get("name")
-    if not isinstance(name, str):
-        return 'a call has no "name"'
-    if name not in names:
-        return f"tool {name!r} was not offered"
-    for key in ("arguments", "parameters"):
-        if key in item:
-            args = item[key]
-            if isinstance(args, str):
-                try:
-                    args = json.loads(args) if args.strip() else {}
-                except (ValueError, RecursionError):
-                    return f"arguments of {name!r} are not a JSON object"
-            if not isinstance(args, dict):
-                return f"arguments of {name!r} are not a JSON object"
-            return name, args
-    return name, {}
-
-
-def _earliest(buf: str, markers: Sequence[str]) -> tuple[int, str] | None:
-    """The first occurrence of any marker in `buf` (the longest one where two start at the same place)."""
-    best: tuple[int, str] | None = None
-    for marker in markers:
-        i = buf.find(marker)
-        if i >= 0 and (best is None or i < best[0] or (i == best[0] and len(marker) > len(best[1]))):
-            best = (i, marker)
-    return best
-
-
-def _partial_len(buf: str, markers: Sequence[str]) -> int:
-    """Length of the longest suffix of `buf` that is a proper prefix of one of the markers (0 if none)."""
-    longest = 0
-    for marker in markers:
-        for n in range(min(len(marker) - 1, len(buf)), longest, -1):
-            if buf.endswith(marker[:n]):
-                longest = n
-                break
-    return longest

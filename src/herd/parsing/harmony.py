@@ -26,7 +26,9 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from enum import Enum, auto
 
-from herd.parsing.base import Delta, ToolCall
+from herd.parsing.base import Delta
+from herd.parsing.machine import CallEmitter, Output, StepParser
+from herd.parsing.markers import earliest, split_at_marker
 from herd.parsing.toolcalls import new_call_id
 from herd.types import Think, ToolDef
 
@@ -143,27 +145,6 @@ def parse_header(raw: str) -> tuple[str, str, str]:
     return role, channel, recipient
 
 
-def _longest_partial(text: str, markers: Sequence[str]) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of one of `markers` (0 if none)."""
-    best = 0
-    for marker in markers:
-        for n in range(min(len(marker) - 1, len(text)), best, -1):
-            if text.endswith(marker[:n]):
-                best = n
-                break
-    return best
-
-
-def _first(text: str, markers: Sequence[str]) -> tuple[int, str]:
-    """Position and text of the earliest marker in `text`, or (-1, "")."""
-    best, which = -1, ""
-    for marker in markers:
-        i = text.find(marker)
-        if i >= 0 and (best < 0 or i < best):
-            best, which = i, marker
-    return best, which
-
-
 class HarmonyState(Enum):
     # Inside a header, up to `<|message|>`. At the start of the output this is the header of the prompt's
     # `<|start|>assistant`; until its first visible text shows it is a header, it may yet be plain text.
@@ -183,7 +164,7 @@ class _Route(Enum):
     CALL = auto()
 
 
-class HarmonyParser:
+class HarmonyParser(StepParser, CallEmitter):
     """Incremental parser for one gpt-oss assistant turn; the result does not depend on how output is chunked.
 
     `thinking=False` (the request said `think:false`) drops analysis text instead of returning it as thinking; it
@@ -204,14 +185,11 @@ class HarmonyParser:
         prefill_channel: str = "analysis",
         new_id: Callable[[], str] = new_call_id,
     ) -> None:
+        super().__init__(tools, new_id)
         self.thinking = thinking
-        self._new_id = new_id
-        offered = [t.name for t in tools if t.name]
-        self._names = frozenset(offered)
         # The identifier the model was shown -> the offered name (see harmony_function_names).
-        self._from_harmony = {h: n for n, h in harmony_function_names(offered).items()}
+        self._from_harmony = {h: n for n, h in harmony_function_names([t.name for t in tools if t.name]).items()}
         self._buf = ""
-        self._n = 0  # calls parsed so far: the next call's index
         self._route = _Route.CONTENT
         self._recipient = ""
         self._call: list[str] = []  # the body of the call being read
@@ -229,17 +207,8 @@ class HarmonyParser:
     def calls_parsed(self) -> int:
         return self._n
 
-    def feed(self, text: str) -> Delta:
-        if not text:
-            return Delta()
-        self._buf += text
-        out = _Out()
-        while self._step(out):
-            pass
-        return out.delta()
-
     def finish(self) -> Delta:
-        out = _Out()
+        out = Output()
         buf, self._buf = self._buf, ""
         if self.state is HarmonyState.HEADER:
             if self._undecided:
@@ -247,7 +216,7 @@ class HarmonyParser:
             elif buf:
                 log.warning("harmony: output ended inside a message header: %r", buf[:MAX_HEADER])
         elif self.state is HarmonyState.BODY:
-            self._emit(buf, out)
+            self._route_text(buf, out)
             self._close(out)
         elif self._stray or buf.strip():
             out.content.append(self._gap_ws + buf)
@@ -257,7 +226,7 @@ class HarmonyParser:
 
     # ---- states ------------------------------------------------------------------------------------------
 
-    def _step(self, out: _Out) -> bool:
+    def _step(self, out: Output) -> bool:
         """Consume what the buffer allows in the current state. True when another step may consume more."""
         if self.state is HarmonyState.HEADER:
             return self._header(out)
@@ -265,7 +234,7 @@ class HarmonyParser:
             return self._body(out)
         return self._between(out)
 
-    def _header(self, out: _Out) -> bool:
+    def _header(self, out: Output) -> bool:
         buf = self._buf
         if self._undecided:
             visible = buf.lstrip()
@@ -288,11 +257,11 @@ class HarmonyParser:
             return True
         end = buf.find(MESSAGE)
         header = buf if end < 0 else buf[:end]
-        bad, _ = _first(header, _NOT_IN_HEADER)
-        if bad >= 0 or (end < 0 and len(header) > MAX_HEADER) or end > MAX_HEADER:
+        bad = earliest(header, _NOT_IN_HEADER)
+        if bad is not None or (end < 0 and len(header) > MAX_HEADER) or end > MAX_HEADER:
             # Not a header after all. Its text is shown as the answer; a marker that stopped it is read as the
             # end of that (implicit) message.
-            cut = bad if bad >= 0 else len(header)
+            cut = bad[0] if bad is not None else len(header)
             log.warning("harmony: not a message header: %r", header[: min(cut, MAX_HEADER)])
             out.content.append(header[:cut])
             self._buf = buf[cut:]
@@ -307,49 +276,43 @@ class HarmonyParser:
         self._open(header, channel, recipient)
         return True
 
-    def _body(self, out: _Out) -> bool:
-        buf = self._buf
-        i, marker = _first(buf, _BODY_ENDS)
-        if i < 0:
-            keep = _longest_partial(buf, _BODY_ENDS)
-            self._emit(buf[: len(buf) - keep], out)
-            self._buf = buf[len(buf) - keep :]
+    def _body(self, out: Output) -> bool:
+        before, marker, rest = split_at_marker(self._buf, _BODY_ENDS)
+        self._route_text(before, out)
+        if not marker:
+            self._buf = rest  # a possible partial marker
             return False
-        self._emit(buf[:i], out)
         self._close(out)
         if marker == START:
-            self._buf = buf[i + len(START) :]
+            self._buf = rest
             self.state = HarmonyState.HEADER
         elif marker == CHANNEL:
-            self._buf = buf[i:]  # the header begins at the channel; the role is implied
+            self._buf = marker + rest  # the header begins at the channel; the role is implied
             self.state = HarmonyState.HEADER
         else:
-            self._buf = buf[i + len(marker) :]
+            self._buf = rest
             self.state = HarmonyState.BETWEEN
         return True
 
-    def _between(self, out: _Out) -> bool:
-        buf = self._buf
-        i, marker = _first(buf, _GAP_MARKERS)
-        if i < 0:
-            keep = _longest_partial(buf, _GAP_MARKERS)
-            self._gap(buf[: len(buf) - keep], out)
-            self._buf = buf[len(buf) - keep :]
+    def _between(self, out: Output) -> bool:
+        before, marker, rest = split_at_marker(self._buf, _GAP_MARKERS)
+        self._gap(before, out)
+        if not marker:
+            self._buf = rest  # a possible partial marker
             return False
-        self._gap(buf[:i], out)
         self._gap_ws = ""  # whitespace just before a marker is the space between messages: dropped
         if marker == START:
-            self._buf = buf[i + len(START) :]
+            self._buf = rest
         elif marker == CHANNEL:
-            self._buf = buf[i:]
+            self._buf = marker + rest
         else:
-            self._buf = buf[i + len(marker) :]  # a stray end marker: nothing to end
+            self._buf = rest  # a stray end marker: nothing to end
             return True
         self._stray = False
         self.state = HarmonyState.HEADER
         return True
 
-    def _gap(self, text: str, out: _Out) -> None:
+    def _gap(self, text: str, out: Output) -> None:
         if not text:
             return
         if self._stray:
@@ -379,7 +342,7 @@ class HarmonyParser:
             if channel not in ("final", "commentary"):
                 log.warning("harmony: unknown channel in header %r; text is content", header)
 
-    def _emit(self, text: str, out: _Out) -> None:
+    def _route_text(self, text: str, out: Output) -> None:
         if not text:
             return
         route = self._route
@@ -390,7 +353,7 @@ class HarmonyParser:
         elif route is _Route.CONTENT:
             out.content.append(text)
 
-    def _close(self, out: _Out) -> None:
+    def _close(self, out: Output) -> None:
         """The current message ended: a call is parsed now."""
         if self._route is not _Route.CALL:
             self._route = _Route.CONTENT
@@ -411,8 +374,7 @@ class HarmonyParser:
             log.warning("harmony: arguments of a call to %r are not a JSON object; its body is content", name)
             out.content.append(body)
             return
-        out.calls.append(ToolCall(name=name, arguments=args, index=self._n, id=self._new_id()))
-        self._n += 1
+        self._add_calls([(name, args)], out)
 
     def _tool_name(self, recipient: str) -> str | None:
         """The offered tool a recipient names, or None. `functions.NAME` is a function tool; a recipient without
@@ -430,17 +392,3 @@ class HarmonyParser:
             if name in self._names:
                 return name
         return None
-
-
-class _Out:
-    """What one feed or finish produces, joined once at the end."""
-
-    __slots__ = ("calls", "content", "thinking")
-
-    def __init__(self) -> None:
-        self.content: list[str] = []
-        self.thinking: list[str] = []
-        self.calls: list[ToolCall] = []
-
-    def delta(self) -> Delta:
-        return Delta("".join(self.content), "".join(self.thinking), tuple(self.calls))

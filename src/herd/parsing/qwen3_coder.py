@@ -42,8 +42,8 @@ Behaviour, following Ollama's `model/parsers/qwen3coder.go` and `qwen35.go` unle
   before `</think>` ends the reasoning (small Qwen3.5 models forget to close it), and when the prompt pre-opened
   `<think>` one repeated `<think>` at the start is dropped.
 
-The state machines and helpers here (`CallStage`, `ThinkFront`, `parse_value`, …) are shared with `glm.py`, whose
-GLM-4.x calls use the same outer `<tool_call>` tags.
+The outer `<tool_call>` stage and the value typing (`CallStage`, `parse_value`, …) live in `xmlcalls.py`, shared
+with `glm.py`, whose GLM-4.x calls use the same outer tags; this module has the Qwen3-Coder body and `ThinkFront`.
 
 Grammar
 -------
@@ -73,143 +73,30 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import re
-from collections.abc import Callable, Mapping, Sequence
-from enum import Enum, auto
+from collections.abc import Mapping, Sequence
 
-from herd.parsing.base import Delta, ToolCall
-from herd.parsing.thinking import ThinkingParser, ThinkingState
-from herd.parsing.toolcalls import new_call_id
+from herd.parsing.base import Delta, ParsedCall
+from herd.parsing.jsoncalls import reject_constant, strict_json
+from herd.parsing.markers import partial_len
+from herd.parsing.thinking import THINK_CLOSE, THINK_OPEN, ThinkingParser, ThinkingState
+from herd.parsing.xmlcalls import (
+    TOOL_OPEN,
+    CallError,
+    CallStage,
+    XmlCallParser,
+    check_required,
+    declared_types,
+    offered,
+    parse_value,
+)
 from herd.types import ToolDef
 
 log = logging.getLogger(__name__)
-
-TOOL_OPEN = "<tool_call>"
-TOOL_CLOSE = "</tool_call>"
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
 
 _FUNCTION_OPEN = "<function="
 _FUNCTION_CLOSE = "</function>"
 _PARAM_OPEN = "<parameter="
 _PARAM_CLOSE = "</parameter>"
-
-# A parsed call before it gets an index and an id.
-ParsedCall = tuple[str, dict[str, object]]
-
-
-class CallError(ValueError):
-    """A call body that is not a call. Its message is what the warning says; it never leaves this package."""
-
-
-# Parses the text between <tool_call> and </tool_call>. `final`: the output ended before </tool_call>, so accept
-# only a complete call (no repairs, required arguments present).
-BodyParser = Callable[[str, Mapping[str, ToolDef], bool], list[ParsedCall]]
-
-
-def held_suffix(text: str, tag: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `tag` (0 if none)."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0
-
-
-# --- values --------------------------------------------------------------------------------------------------
-
-_INT_RE = re.compile(r"[+-]?[0-9]+")
-_FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_INT64 = 2**63
-
-
-def declared_types(tool: ToolDef | None, key: str) -> tuple[str, ...]:
-    """JSON-schema type names declared for one parameter: `type` (a name or a list), and those of `anyOf`/`oneOf`
-    members (Ollama collects the `anyOf` ones). Empty when the tool or the parameter is unknown."""
-    if tool is None:
-        return ()
-    props = tool.parameters.get("properties")
-    prop = props.get(key) if isinstance(props, dict) else None
-    if not isinstance(prop, dict):
-        return ()
-    found: list[str] = []
-
-    def collect(schema: object) -> None:
-        if not isinstance(schema, dict):
-            return
-        t = schema.get("type")
-        if isinstance(t, str):
-            found.append(t)
-        elif isinstance(t, list):
-            found.extend(x for x in t if isinstance(x, str))
-
-    collect(prop)
-    for union in ("anyOf", "oneOf"):
-        members = prop.get(union)
-        if isinstance(members, list):
-            for member in members:
-                collect(member)
-    return tuple(dict.fromkeys(found))
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")  # NaN and Infinity would make the response invalid JSON
-
-
-def _json_of(raw: str, kind: type) -> object | None:
-    try:
-        value = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, kind) else None
-
-
-def parse_value(raw: str, types: Sequence[str]) -> object:
-    """A raw parameter value as the declared type, by Ollama's rules (`parseValue` in qwen3coder.go).
-
-    One leading and one trailing "\\n" are removed first. "null" in any case is None whatever the type. Then, in
-    this order, whichever declared type fits first: boolean (true/false in any case), integer, number (an
-    integral one becomes an int), array, object; otherwise the string. No declared type: the string."""
-    if raw.startswith("\n"):
-        raw = raw[1:]
-    if raw.endswith("\n"):
-        raw = raw[:-1]
-    if raw.lower() == "null":
-        return None
-    declared = set(types)
-    if "boolean" in declared:
-        lower = raw.lower()
-        if lower in ("true", "false"):
-            return lower == "true"
-    if "integer" in declared and len(raw) <= 20 and _INT_RE.fullmatch(raw):  # longer is out of int64 anyway, and
-        number = int(raw)  # int() refuses very long digit strings with an error
-        if -_INT64 <= number < _INT64:
-            return number
-    if "number" in declared and _FLOAT_RE.fullmatch(raw):
-        f = float(raw)
-        if math.isfinite(f):
-            return int(f) if f.is_integer() and abs(f) < _INT64 else f
-    if "array" in declared and (array := _json_of(raw, list)) is not None:
-        return array
-    if "object" in declared and (obj := _json_of(raw, dict)) is not None:
-        return obj
-    return raw
-
-
-def check_required(tool: ToolDef, args: Mapping[str, object]) -> None:
-    required = tool.parameters.get("required")
-    if isinstance(required, list):
-        missing = [r for r in required if isinstance(r, str) and r not in args]
-        if missing:
-            raise CallError(f"required arguments {missing} missing for tool {tool.name!r}")
-
-
-def offered(tools: Mapping[str, ToolDef], name: str) -> ToolDef:
-    tool = tools.get(name)
-    if tool is None:
-        raise CallError(f"tool {name!r} was not offered")
-    return tool
-
 
 # --- the Qwen3-Coder call body ---------------------------------------------------------------------------------
 
@@ -254,14 +141,14 @@ def _parse_parameters(body: str, tool: ToolDef, final: bool) -> dict[str, object
 
 def _parse_json_body(body: str, tools: Mapping[str, ToolDef], final: bool) -> list[ParsedCall]:
     try:
-        value = json.loads(body, parse_constant=_reject_constant)
+        value = json.loads(body, parse_constant=reject_constant)
     except (ValueError, RecursionError) as e:
         raise CallError(f"JSON body does not parse: {e}") from None
     if not isinstance(value, dict) or not isinstance(name := value.get("name"), str):
         raise CallError("JSON body is not a {name, arguments} object")
     args = value.get("arguments", value.get("parameters", {}))
     if isinstance(args, str):
-        args = _json_of(args, dict) if args.strip() else {}
+        args = strict_json(args, dict) if args.strip() else {}
     if not isinstance(args, dict):
         raise CallError("JSON arguments are not an object")
     tool = offered(tools, name)
@@ -295,122 +182,6 @@ def parse_qwen_body(body: str, tools: Mapping[str, ToolDef], final: bool) -> lis
     if not calls:
         raise CallError("no <function=…> in <tool_call>")
     return calls
-
-
-# --- the shared stages -----------------------------------------------------------------------------------------
-
-
-class CallState(Enum):
-    """States of `CallStage` (compare Ollama's qwenParserState / glm46ParserState content and tool states)."""
-
-    # Content streams out; a possible partial "<tool_call>" and trailing whitespace (dropped if a call follows)
-    # are held back.
-    CONTENT = auto()
-    # After "<tool_call>": the body accumulates until "</tool_call>", then it is parsed as a whole.
-    CALL = auto()
-    # After a parsed call: whitespace is dropped until the next visible character, which is content again.
-    AFTER_CALL = auto()
-
-
-class CallStage:
-    """Finds `<tool_call>…</tool_call>` blocks in content and turns each into calls with `parse_body`.
-
-    Family-neutral: Qwen3-Coder and GLM-4.x share the outer tags and differ only in the body. A block that fails
-    becomes content exactly as written (with the whitespace before it); a logged warning says why.
-    """
-
-    def __init__(self, tools: Sequence[ToolDef], parse_body: BodyParser, family: str) -> None:
-        self._tools: dict[str, ToolDef] = {}
-        for tool in tools:
-            self._tools.setdefault(tool.name, tool)
-        self._parse_body = parse_body
-        self._family = family
-        self.state = CallState.CONTENT
-        self._buf = ""  # CONTENT: held text; CALL: the body so far
-        self._ws = ""  # whitespace before the current call's tag, given back if the call fails
-        self._scanned = 0  # CALL: _buf[:_scanned] holds no "</tool_call>"
-        self._n = 0  # calls emitted so far: the next call's index
-
-    def feed(self, text: str) -> Delta:
-        if not text:
-            return Delta()
-        self._buf += text
-        content: list[str] = []
-        calls: list[ToolCall] = []
-        while self._step(content, calls):
-            pass
-        return Delta(content="".join(content), tool_calls=tuple(calls))
-
-    def finish(self) -> Delta:
-        state, buf = self.state, self._buf
-        self.state, self._buf = CallState.CONTENT, ""
-        if state is CallState.CONTENT:
-            return Delta(content=buf)  # trailing whitespace, or a partial tag that never completed
-        if state is CallState.AFTER_CALL:
-            return Delta()
-        # The output ended inside a call. Only a call missing nothing but its closing tag counts.
-        body = buf[: len(buf) - held_suffix(buf, TOOL_CLOSE)]
-        calls = self._resolve(body, buf, final=True)
-        if calls is None:
-            return Delta(content=self._ws + TOOL_OPEN + buf)
-        return Delta(tool_calls=tuple(calls))
-
-    def _step(self, content: list[str], calls: list[ToolCall]) -> bool:
-        """Consume what the buffer allows in the current state. True when a transition needs another step."""
-        buf = self._buf
-        if self.state is CallState.CONTENT:
-            i = buf.find(TOOL_OPEN)
-            if i >= 0:
-                before = buf[:i]
-                visible = before.rstrip()
-                content.append(visible)
-                self._ws = before[len(visible) :]
-                self._buf = buf[i + len(TOOL_OPEN) :]
-                self._scanned = 0
-                self.state = CallState.CALL
-                return True
-            keep = held_suffix(buf, TOOL_OPEN)
-            visible = buf[: len(buf) - keep].rstrip()
-            content.append(visible)
-            self._buf = buf[len(visible) :]
-            return False
-
-        if self.state is CallState.CALL:
-            j = buf.find(TOOL_CLOSE, self._scanned)
-            if j < 0:
-                self._scanned = max(0, len(buf) - len(TOOL_CLOSE) + 1)
-                return False
-            body = buf[:j]
-            self._buf = buf[j + len(TOOL_CLOSE) :]
-            parsed = self._resolve(body, body, final=False)
-            if parsed is None:
-                content.append(self._ws + TOOL_OPEN + body + TOOL_CLOSE)
-                self.state = CallState.CONTENT
-            else:
-                calls.extend(parsed)
-                self.state = CallState.AFTER_CALL
-            self._ws = ""
-            return True
-
-        visible = buf.lstrip()
-        self._buf = visible
-        if visible:
-            self.state = CallState.CONTENT
-            return True
-        return False
-
-    def _resolve(self, body: str, raw: str, final: bool) -> list[ToolCall] | None:
-        try:
-            parsed = self._parse_body(body, self._tools, final)
-        except CallError as e:
-            where = "unfinished call at end of output" if final else "tool call"
-            log.warning("%s %s returned as content: %s: %r", self._family, where, e, raw[:200])
-            return None
-        out = []
-        for name, args in parsed:
-            out.append(ToolCall(name=name, arguments=args, index=self._n, id=new_call_id()))
-            self._n += 1
-        return out
 
 
 _OPEN_THINKING = (ThinkingState.THINKING_STARTED_EATING_WHITESPACE, ThinkingState.THINKING)
@@ -449,7 +220,7 @@ class ThinkFront:
             if self._think.state in _OPEN_THINKING:
                 out = out + self._think.feed(THINK_CLOSE)
             return out + self._think.feed(buf[i:])
-        keep = held_suffix(buf, tag) if j < 0 else 0
+        keep = partial_len(buf, (tag,)) if j < 0 else 0
         self._held = buf[len(buf) - keep :]
         return self._think.feed(buf[: len(buf) - keep])
 
@@ -459,30 +230,10 @@ class ThinkFront:
         return self._think.feed(held) + self._think.finish()
 
 
-class XmlCallParser:
-    """Thinking (optional) in front of a `CallStage`: the one `feed`/`finish` parser for a turn."""
-
-    def __init__(self, front: ThinkFront | ThinkingParser | None, calls: CallStage) -> None:
-        self._front = front
-        self._calls = calls
-
-    def feed(self, text: str) -> Delta:
-        if self._front is None:
-            return self._calls.feed(text)
-        split = self._front.feed(text)
-        out = self._calls.feed(split.content)
-        return Delta(content=out.content, thinking=split.thinking, tool_calls=out.tool_calls)
-
-    def finish(self) -> Delta:
-        split = self._front.finish() if self._front is not None else Delta()
-        out = self._calls.feed(split.content) + self._calls.finish()
-        return Delta(content=out.content, thinking=split.thinking, tool_calls=out.tool_calls)
-
-
 class Qwen3CoderParser(XmlCallParser):
     """Qwen3-Coder and Qwen3.5 output: `<think>` reasoning when `thinking` (or `prefilled`), then content and
     `<tool_call><function=…>` calls. `prefilled`: the prompt already ends with `<think>`."""
 
     def __init__(self, tools: Sequence[ToolDef], thinking: bool = False, prefilled: bool = False) -> None:
         front = ThinkFront(prefilled, end_on=TOOL_OPEN, drop_repeated_open=True) if thinking or prefilled else None
-        super().__init__(front, CallStage(tools, parse_qwen_body, "qwen3-coder"))
+        super().__init__(front, CallStage(tools, parse_qwen_body, "qwen3-coder", log))

@@ -6,6 +6,8 @@ dropped and generation ends) or cannot any more (then it is released).
 
 from __future__ import annotations
 
+from herd.parsing.markers import earliest, partial_len
+
 
 class StopMatcher:
     def __init__(self, stops: tuple[str, ...] | list[str]) -> None:
@@ -20,28 +22,14 @@ class StopMatcher:
         if not self.stops:
             return text
         buf = self._held + text
-        first = -1
-        for stop in self.stops:
-            i = buf.find(stop)
-            if i != -1 and (first == -1 or i < first):
-                first = i
-        if first != -1:
+        found = earliest(buf, self.stops)
+        if found is not None:
             self.stopped = True
             self._held = ""
-            return buf[:first]
-        keep = self._partial_suffix(buf)
+            return buf[: found[0]]
+        keep = partial_len(buf, self.stops)
         self._held = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep]
-
-    def _partial_suffix(self, buf: str) -> int:
-        """Length of the longest suffix of buf that is a proper prefix of some stop string."""
-        best = 0
-        for stop in self.stops:
-            for n in range(min(len(stop) - 1, len(buf)), best, -1):
-                if buf.endswith(stop[:n]):
-                    best = n
-                    break
-        return best
 
     def finish(self) -> str:
         """At the end of generation, held text that never became a stop string is real output."""

@@ -9,6 +9,10 @@ from __future__ import annotations
 from enum import Enum, auto
 
 from herd.parsing.base import Delta
+from herd.parsing.markers import partial_len
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
 
 
 class ThinkingState(Enum):
@@ -30,14 +34,6 @@ class ThinkingState(Enum):
     THINKING_DONE = auto()
 
 
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `tag` (0 if none)."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0
-
-
 class ThinkingParser:
     """Incremental `<think>` splitter. `prefilled=True` when the rendered prompt already ends with the open tag.
 
@@ -45,7 +41,7 @@ class ThinkingParser:
     """
 
     def __init__(
-        self, open_tag: str = "<think>", close_tag: str = "</think>", prefilled: bool = False
+        self, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE, prefilled: bool = False
     ) -> None:
         if not open_tag or not close_tag:
             raise ValueError("thinking tags must be non-empty")
@@ -124,7 +120,7 @@ class ThinkingParser:
                 else:
                     self.state = ThinkingState.THINKING_DONE_EATING_WHITESPACE
                 return False
-            keep = _partial_suffix(self._buf, self.close_tag)
+            keep = partial_len(self._buf, (self.close_tag,))
             thinking.append(self._buf[: len(self._buf) - keep])
             self._buf = self._buf[len(self._buf) - keep :]
             return False

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from enum import Enum, auto
 
 from herd.parsing.base import Delta, ToolCall
+from herd.parsing.jsoncalls import json_object
+from herd.parsing.markers import partial_len
 
 
 class ToolFormat(Enum):
@@ -73,13 +75,7 @@ def _as_object(value: object) -> dict[str, object] | None:
     if isinstance(value, dict):
         return value
     if isinstance(value, str):
-        if not value.strip():
-            return {}
-        try:
-            decoded = json.loads(value)
-        except (ValueError, RecursionError):
-            return None
-        return decoded if isinstance(decoded, dict) else None
+        return json_object(value)
     return None
 
 
@@ -188,7 +184,7 @@ class ToolCallParser:
             buf = self._held + text
             i = buf.find(self.tag)
             if i < 0:
-                keep = _partial_suffix(buf, self.tag)
+                keep = partial_len(buf, (self.tag,))
                 self._held = buf[len(buf) - keep :]
                 return Delta(content=content + buf[: len(buf) - keep])
             self._held = ""
@@ -281,14 +277,6 @@ class ToolCallParser:
             if m and m.group(1) in self._names:
                 found = [(m.group(1), value)]
         return found
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `tag` (0 if none)."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0
 
 
 # `{{ if .ToolCalls }}`, with trim markers, `else if` and `$.` variants, as Go templates write it.

@@ -12,13 +12,29 @@ special tokens, spacing habits of a given quantization). Those need the integrat
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from parsing_support import Case, check_case_all_chunkings, dump, feed_deltas, run, split_at, summary
+from parsing_support import (
+    CET,
+    PARIS,
+    TIME_TOOL,
+    WEATHER_TOOL,
+    Case,
+    check_calls_stream,
+    check_case_all_chunkings,
+    check_chunking_invariant,
+    check_injected_id,
+    check_random_chunking,
+    dump,
+    fragment_texts,
+    parse,
+    parse_logged,
+    summary,
+)
 
 from herd.parsing.base import Delta
 from herd.parsing.deepseek import (
@@ -34,10 +50,7 @@ from herd.parsing.deepseek import (
 )
 from herd.types import ToolDef
 
-TOOLS = (
-    ToolDef("get_weather", "Weather for a city", {"type": "object", "properties": {"city": {"type": "string"}}}),
-    ToolDef("get_time", "Time in a zone", {"type": "object", "properties": {"tz": {"type": "string"}}}),
-)
+TOOLS = (WEATHER_TOOL, TIME_TOOL)
 
 
 def ds(
@@ -56,8 +69,6 @@ def r1(name: str, args: object) -> str:
     return f"{CALL_BEGIN}function{TOOL_SEP}{name}\n```json\n{json.dumps(args, ensure_ascii=False)}\n```{CALL_END}"
 
 
-PARIS = {"city": "Paris"}
-CET = {"tz": "CET"}
 NESTED = {"city": "Zürich", "opts": {"units": ["c", "f"], "deep": {"x": [1, {"y": None}]}}, "note": 'a}b{c"d'}
 
 CASES = [
@@ -256,18 +267,13 @@ def test_golden_at_every_chunk_boundary(case: Case) -> None:
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.calls], ids=lambda c: c.id)
 def test_calls_arrive_before_finish_and_without_content_after_them(case: Case) -> None:
-    deltas = feed_deltas(case.make(), list(case.text))
-    assert any(d.tool_calls for d in deltas)
-    assert not deltas[-1].tool_calls  # every call is complete at its end marker
-    assert all(d.content == "" for d in deltas if d.tool_calls)  # one character at a time: nothing rides along
+    check_calls_stream(case)
 
 
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_random_chunkings_agree(data: st.DataObject) -> None:
-    case = data.draw(st.sampled_from(CASES), label="case")
-    cuts = data.draw(st.lists(st.integers(0, len(case.text))), label="cuts")
-    assert summary(run(case, split_at(case.text, cuts))) == case.expected()
+    check_random_chunking(data, CASES)
 
 
 _FRAGMENTS = [
@@ -297,18 +303,13 @@ _FRAGMENTS = [
 
 @settings(max_examples=300, deadline=None)
 @given(
-    parts=st.lists(st.sampled_from(_FRAGMENTS), max_size=14),
+    text=fragment_texts(_FRAGMENTS),
     cuts=st.lists(st.integers(0, 500)),
     thinking=st.booleans(),
     prefilled=st.booleans(),
 )
-def test_random_text_is_chunking_invariant(parts: list[str], cuts: list[int], thinking: bool, prefilled: bool) -> None:
-    text = "".join(parts)
-    case = Case("random", ds(thinking, prefilled), text)
-    whole = summary(run(case, [text]))
-    assert summary(run(case, split_at(text, [c for c in cuts if c <= len(text)]))) == whole
-    assert summary(run(case, list(text))) == whole
-    assert [c[2] for c in whole[2]] == list(range(len(whole[2])))
+def test_random_text_is_chunking_invariant(text: str, cuts: list[int], thinking: bool, prefilled: bool) -> None:
+    check_chunking_invariant(Case("random", ds(thinking, prefilled), text), cuts)
 
 
 def test_content_streams_and_only_a_partial_marker_is_held() -> None:
@@ -332,24 +333,22 @@ def test_thinking_streams_before_the_close_tag() -> None:
 
 
 def test_failed_calls_are_logged(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="herd.parsing.deepseek"):
-        out = run(Case("x", ds(), ""), [f"{CALLS_BEGIN}{v31('nope', {})}{CALLS_END}"])
+    out = parse_logged(caplog, "herd.parsing.deepseek", ds(), f"{CALLS_BEGIN}{v31('nope', {})}{CALLS_END}")
     assert out.content == v31("nope", {})
     assert "'nope' was not offered" in caplog.text
 
 
 def test_ids_are_fresh_and_indexes_count_across_sections() -> None:
     text = f"{CALLS_BEGIN}{v31('get_time', CET)}{CALLS_END} and {CALLS_BEGIN}{r1('get_weather', PARIS)}{CALLS_END}"
-    out = run(Case("x", ds(), text), [text])
+    out = parse(ds(), text)
     assert [(c.name, c.index) for c in out.tool_calls] == [("get_time", 0), ("get_weather", 1)]
     assert out.content == "and "
-    fixed = DeepSeekParser(TOOLS, new_id=lambda: "call_fixed000")
-    assert [c.id for c in fixed.feed(v31("get_time", CET)).tool_calls] == ["call_fixed000"]
+    check_injected_id(partial(DeepSeekParser, TOOLS), v31("get_time", CET))
 
 
 def test_arguments_keep_key_order() -> None:
     text = f'{CALLS_BEGIN}{CALL_BEGIN}get_weather{TOOL_SEP}{{"z": 1, "a": {{"y": 2, "b": 3}}}}{CALL_END}{CALLS_END}'
-    args = run(Case("x", ds(), text), [text]).tool_calls[0].arguments
+    args = parse(ds(), text).tool_calls[0].arguments
     assert list(args) == ["z", "a"]
     inner = args["a"]
     assert isinstance(inner, dict) and list(inner) == ["y", "b"]

@@ -13,13 +13,29 @@ given Gemma 4 checkpoint writes exactly these bytes. Those need a real model.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from parsing_support import Case, check_case_all_chunkings, dump, feed_deltas, run, split_at, summary
+from parsing_support import (
+    CET,
+    PARIS,
+    TIME_TOOL,
+    WEATHER_TOOL,
+    Case,
+    check_calls_stream,
+    check_case_all_chunkings,
+    check_chunking_invariant,
+    check_injected_id,
+    check_random_chunking,
+    dump,
+    fragment_texts,
+    parse,
+    parse_logged,
+    summary,
+)
 
 from herd.parsing.base import Delta
 from herd.parsing.gemma import (
@@ -36,8 +52,8 @@ from herd.parsing.gemma import (
 from herd.types import ToolDef
 
 TOOLS = (
-    ToolDef("get_weather", "Weather for a city", {"type": "object", "properties": {"city": {"type": "string"}}}),
-    ToolDef("get_time", "Time in a zone", {"type": "object", "properties": {"tz": {"type": "string"}}}),
+    WEATHER_TOOL,
+    TIME_TOOL,
     ToolDef("edit", "Edit a file", {"type": "object", "properties": {"edits": {"type": "array"}}}),
 )
 Q = STRING_DELIM  # <|"|>
@@ -60,8 +76,6 @@ def c4(name: str, args: str) -> str:
 
 
 PARIS4 = c4("get_weather", f"city:{Q}Paris{Q}")
-PARIS = {"city": "Paris"}
-CET = {"tz": "CET"}
 
 GEMMA4_CASES = [
     Case("g4-plain-content", g4, "This is a simple response.", content="This is a simple response."),
@@ -390,18 +404,13 @@ def test_golden_at_every_chunk_boundary(case: Case) -> None:
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.calls and c.id not in _CALLS_AT_FINISH], ids=lambda c: c.id)
 def test_calls_arrive_before_finish_and_without_content_after_them(case: Case) -> None:
-    deltas = feed_deltas(case.make(), list(case.text))
-    assert any(d.tool_calls for d in deltas)
-    assert not deltas[-1].tool_calls
-    assert all(d.content == "" for d in deltas if d.tool_calls)
+    check_calls_stream(case)
 
 
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_random_chunkings_agree(data: st.DataObject) -> None:
-    case = data.draw(st.sampled_from(CASES), label="case")
-    cuts = data.draw(st.lists(st.integers(0, len(case.text))), label="cuts")
-    assert summary(run(case, split_at(case.text, cuts))) == case.expected()
+    check_random_chunking(data, CASES)
 
 
 _FRAGMENTS_4 = [
@@ -462,13 +471,8 @@ _FRAGMENTS_3 = [
 def test_random_text_is_chunking_invariant(
     data: st.DataObject, cuts: list[int], version: int, thinking: bool, prefilled: bool
 ) -> None:
-    fragments = _FRAGMENTS_4 if version == 4 else _FRAGMENTS_3
-    text = "".join(data.draw(st.lists(st.sampled_from(fragments), max_size=14), label="parts"))
-    case = Case("random", gemma(version, thinking, prefilled), text)
-    whole = summary(run(case, [text]))
-    assert summary(run(case, split_at(text, [c for c in cuts if c <= len(text)]))) == whole
-    assert summary(run(case, list(text))) == whole
-    assert [c[2] for c in whole[2]] == list(range(len(whole[2])))
+    text = data.draw(fragment_texts(_FRAGMENTS_4 if version == 4 else _FRAGMENTS_3), label="text")
+    check_chunking_invariant(Case("random", gemma(version, thinking, prefilled), text), cuts)
 
 
 def test_gemma4_content_streams_and_partial_markers_are_held() -> None:
@@ -495,17 +499,15 @@ def test_gemma3_text_streams_and_a_leading_bracket_waits() -> None:
 
 
 def test_failed_calls_are_logged(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="herd.parsing.gemma"):
-        out4 = run(Case("x", g4, ""), [c4("nope", "")])
-        out3 = run(Case("x", g3, ""), ["```tool_code\nnope(a=1)\n```"])
+    out4 = parse_logged(caplog, "herd.parsing.gemma", g4, c4("nope", ""))
+    out3 = parse_logged(caplog, "herd.parsing.gemma", g3, "```tool_code\nnope(a=1)\n```")
     assert out4.content == c4("nope", "")
     assert out3.content == "```tool_code\nnope(a=1)\n```"
     assert caplog.text.count("'nope' was not offered") == 2
 
 
 def test_ordinary_json_fence_is_not_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="herd.parsing.gemma"):
-        run(Case("x", g3, ""), ['```json\n{"a": 1}\n```'])
+    parse_logged(caplog, "herd.parsing.gemma", g3, '```json\n{"a": 1}\n```')
     assert caplog.text == ""
 
 
@@ -518,12 +520,11 @@ def test_version_selects_the_implementation() -> None:
 
 def test_ids_and_key_order() -> None:
     text = c4("get_weather", "z:1,a:{y:2,b:3}") + c4("get_time", "")
-    out = run(Case("x", g4, text), [text])
+    out = parse(g4, text)
     args = out.tool_calls[0].arguments
     assert list(args) == ["z", "a"]
     inner = args["a"]
     assert isinstance(inner, dict) and list(inner) == ["y", "b"]
     assert [c.index for c in out.tool_calls] == [0, 1]
     assert len({c.id for c in out.tool_calls}) == 2
-    fixed = GemmaParser(TOOLS, version=3, new_id=lambda: "call_fixed000")
-    assert [c.id for c in fixed.feed(json.dumps({"name": "get_time"})).tool_calls] == ["call_fixed000"]
+    check_injected_id(partial(GemmaParser, TOOLS, version=3), json.dumps({"name": "get_time"}))

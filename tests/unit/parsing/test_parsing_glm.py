@@ -9,23 +9,28 @@ the chat templates and the tag slips Ollama's parser repairs, not captured model
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from parsing_support import Case, check_case_all_chunkings, dump, feed_deltas, run, split_at, summary
+from parsing_support import (
+    Case,
+    check_calls_stream,
+    check_case_all_chunkings,
+    check_chunking_invariant,
+    check_random_chunking,
+    dump,
+    fragment_texts,
+    parse,
+    parse_logged,
+    summary,
+    tool,
+)
 
 from herd.parsing.base import Delta
 from herd.parsing.glm import GlmParser
 from herd.types import ToolDef
-
-
-def tool(name: str, properties: dict[str, object], required: tuple[str, ...] = ()) -> ToolDef:
-    params: dict[str, object] = {"type": "object", "properties": properties, "required": list(required)}
-    return ToolDef(name=name, description="", parameters=params)
-
 
 TOOLS = [
     tool("get_weather", {"city": {"type": "string"}, "days": {"type": "integer"}}, required=("city",)),
@@ -343,18 +348,13 @@ def test_golden_at_every_chunk_boundary(case: Case) -> None:
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.calls and not c.id.startswith("truncated")], ids=lambda c: c.id)
 def test_calls_arrive_when_they_close_in_deltas_without_content(case: Case) -> None:
-    deltas = feed_deltas(case.make(), list(case.text))
-    with_calls = [d for d in deltas[:-1] if d.tool_calls]
-    assert with_calls, "a closed call is emitted before finish"
-    assert all(d.content == "" for d in with_calls)
+    check_calls_stream(case)
 
 
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_random_chunkings_agree(data: st.DataObject) -> None:
-    case = data.draw(st.sampled_from(CASES), label="case")
-    cuts = data.draw(st.lists(st.integers(0, len(case.text))), label="cuts")
-    assert summary(run(case, split_at(case.text, cuts))) == case.expected()
+    check_random_chunking(data, CASES)
 
 
 _FRAGMENTS = [
@@ -381,19 +381,12 @@ _FRAGMENTS = [
 
 @settings(max_examples=400, deadline=None)
 @given(
-    parts=st.lists(st.sampled_from(_FRAGMENTS), max_size=14),
+    text=fragment_texts(_FRAGMENTS),
     cuts=st.lists(st.integers(0, 400)),
     mode=st.sampled_from([(False, False), (True, False), (True, True)]),
 )
-def test_random_text_is_chunking_invariant_and_loses_nothing(
-    parts: list[str], cuts: list[int], mode: tuple[bool, bool]
-) -> None:
-    text = "".join(parts)
-    case = Case("random", glm(*mode), text)
-    whole = summary(run(case, [text]))
-    assert summary(run(case, split_at(text, [c for c in cuts if c <= len(text)]))) == whole
-    assert summary(run(case, list(text))) == whole
-    assert [c[2] for c in whole[2]] == list(range(len(whole[2])))
+def test_random_text_is_chunking_invariant_and_loses_nothing(text: str, cuts: list[int], mode: tuple[bool, bool]) -> None:
+    whole = check_chunking_invariant(Case("random", glm(*mode), text), cuts)
     if mode == (False, False) and not whole[2]:
         assert whole[0] == text  # without thinking and without a parsed call, every character is content
 
@@ -409,10 +402,9 @@ def test_content_and_thinking_stream_before_the_call() -> None:
 
 
 def test_failures_are_logged(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="herd.parsing.qwen3_coder"):
-        out = run(
-            Case("x", glm(), ""), [call47("shell", ("command", "x")), "<tool_call>grep<arg_key>pattern</arg_key>"]
-        )
+    out = parse_logged(
+        caplog, "herd.parsing.glm", glm(), call47("shell", ("command", "x")), "<tool_call>grep<arg_key>pattern</arg_key>"
+    )
     assert out.content == call47("shell", ("command", "x")) + "<tool_call>grep<arg_key>pattern</arg_key>"
     messages = [r.getMessage() for r in caplog.records]
     assert any("glm tool call returned as content" in m and "'shell' was not offered" in m for m in messages)
@@ -420,5 +412,5 @@ def test_failures_are_logged(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_arguments_keep_the_order_the_model_wrote() -> None:
-    out = run(Case("x", glm(), ""), [call47("configure", ("note", "n"), ("count", "1"), ("ratio", "1.5"))])
+    out = parse(glm(), call47("configure", ("note", "n"), ("count", "1"), ("ratio", "1.5")))
     assert list(out.tool_calls[0].arguments) == ["note", "count", "ratio"]

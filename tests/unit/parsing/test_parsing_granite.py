@@ -12,22 +12,36 @@ detokenization, which spelling of the reasoning phrases a quantization prefers).
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from parsing_support import Case, check_case_all_chunkings, dump, feed_deltas, run, split_at, summary
+from parsing_support import (
+    CET,
+    PARIS,
+    TIME_TOOL,
+    WEATHER_TOOL,
+    Case,
+    check_calls_stream,
+    check_case_all_chunkings,
+    check_chunking_invariant,
+    check_injected_id,
+    check_random_chunking,
+    dump,
+    fragment_texts,
+    parse,
+    parse_logged,
+    summary,
+)
 
 from herd.parsing.base import Delta
-from herd.parsing.granite import BracketScanner, GraniteParser, GraniteState
+from herd.parsing.granite import GraniteParser, GraniteState
+from herd.parsing.jsoncalls import BracketScanner
 from herd.types import ToolDef
 
-TOOLS = (
-    ToolDef("get_weather", "Weather for a city", {"type": "object", "properties": {"city": {"type": "string"}}}),
-    ToolDef("get_time", "Time in a zone", {"type": "object", "properties": {"tz": {"type": "string"}}}),
-)
+TOOLS = (WEATHER_TOOL, TIME_TOOL)
 
 
 def granite(
@@ -45,8 +59,6 @@ def g4(name: str, args: object) -> str:
     return f"<tool_call>\n{call(name, args)}\n</tool_call>"
 
 
-PARIS = {"city": "Paris"}
-CET = {"tz": "CET"}
 NESTED = {"city": "Zürich", "opts": {"units": ["c", "f"], "deep": {"x": [1, {"y": None}]}}, "note": "a}b{c]\"d'"}
 
 CASES = [
@@ -244,18 +256,13 @@ def test_golden_at_every_chunk_boundary(case: Case) -> None:
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.calls], ids=lambda c: c.id)
 def test_calls_arrive_before_finish_and_without_content_after_them(case: Case) -> None:
-    deltas = feed_deltas(case.make(), list(case.text))
-    assert any(d.tool_calls for d in deltas)
-    assert not deltas[-1].tool_calls
-    assert all(d.content == "" for d in deltas if d.tool_calls)
+    check_calls_stream(case)
 
 
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_random_chunkings_agree(data: st.DataObject) -> None:
-    case = data.draw(st.sampled_from(CASES), label="case")
-    cuts = data.draw(st.lists(st.integers(0, len(case.text))), label="cuts")
-    assert summary(run(case, split_at(case.text, cuts))) == case.expected()
+    check_random_chunking(data, CASES)
 
 
 _FRAGMENTS = [
@@ -287,18 +294,13 @@ _FRAGMENTS = [
 
 @settings(max_examples=300, deadline=None)
 @given(
-    parts=st.lists(st.sampled_from(_FRAGMENTS), max_size=14),
+    text=fragment_texts(_FRAGMENTS),
     cuts=st.lists(st.integers(0, 500)),
     thinking=st.booleans(),
     prefilled=st.booleans(),
 )
-def test_random_text_is_chunking_invariant(parts: list[str], cuts: list[int], thinking: bool, prefilled: bool) -> None:
-    text = "".join(parts)
-    case = Case("random", granite(thinking, prefilled), text)
-    whole = summary(run(case, [text]))
-    assert summary(run(case, split_at(text, [c for c in cuts if c <= len(text)]))) == whole
-    assert summary(run(case, list(text))) == whole
-    assert [c[2] for c in whole[2]] == list(range(len(whole[2])))
+def test_random_text_is_chunking_invariant(text: str, cuts: list[int], thinking: bool, prefilled: bool) -> None:
+    check_chunking_invariant(Case("random", granite(thinking, prefilled), text), cuts)
 
 
 def test_content_streams_and_the_call_comes_when_its_json_closes() -> None:
@@ -323,8 +325,7 @@ def test_reasoning_streams_but_holds_trailing_whitespace() -> None:
 
 
 def test_failed_calls_are_logged(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="herd.parsing.granite"):
-        out = run(Case("x", granite(), ""), [g4("nope", {})])
+    out = parse_logged(caplog, "herd.parsing.granite", granite(), g4("nope", {}))
     assert out.content == g4("nope", {})
     assert "'nope' was not offered" in caplog.text
 
@@ -338,8 +339,7 @@ def test_bracket_scanner_skips_brackets_in_strings() -> None:
 
 def test_ids_are_fresh_and_arguments_keep_key_order() -> None:
     text = '<|tool_call|>[{"name": "get_weather", "arguments": {"z": 1, "a": 2}}, {"name": "get_time"}]'
-    out = run(Case("x", granite(), text), [text])
+    out = parse(granite(), text)
     assert list(out.tool_calls[0].arguments) == ["z", "a"]
     assert len({c.id for c in out.tool_calls}) == 2
-    fixed = GraniteParser(TOOLS, new_id=lambda: "call_fixed000")
-    assert [c.id for c in fixed.feed(g4("get_time", CET)).tool_calls] == ["call_fixed000"]
+    check_injected_id(partial(GraniteParser, TOOLS), g4("get_time", CET))

@@ -15,14 +15,25 @@ through as text (it must, for `<|channel|>` and `<|message|>`; `<|call|>` and `<
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from parsing_support import Case, check_case_all_chunkings, feed_deltas, run, split_at, summary
+from parsing_support import (
+    Case,
+    check_case_all_chunkings,
+    check_chunking_invariant,
+    check_random_chunking,
+    feed_deltas,
+    fragment_texts,
+    parse,
+    parse_logged,
+    run,
+    split_at,
+    summary,
+)
 
 from herd.parsing.base import Delta
 from herd.parsing.harmony import (
@@ -341,9 +352,7 @@ def test_golden_token_by_token(case: Case) -> None:
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_random_chunkings_agree(data: st.DataObject) -> None:
-    case = data.draw(st.sampled_from(CASES), label="case")
-    cuts = data.draw(st.lists(st.integers(0, len(case.text))), label="cuts")
-    assert summary(run(case, split_at(case.text, cuts))) == case.expected()
+    check_random_chunking(data, CASES)
 
 
 _FRAGMENTS = [
@@ -354,14 +363,9 @@ _FRAGMENTS = [
 
 
 @settings(max_examples=400, deadline=None)
-@given(parts=st.lists(st.sampled_from(_FRAGMENTS), max_size=14), cuts=st.lists(st.integers(0, 300)))
-def test_random_markup_is_chunking_invariant_and_never_raises(parts: list[str], cuts: list[int]) -> None:
-    text = "".join(parts)
-    case = Case("random", h, text)
-    whole = summary(run(case, [text]))
-    assert summary(run(case, split_at(text, [c for c in cuts if c <= len(text)]))) == whole
-    assert summary(run(case, list(text))) == whole
-    assert [c[2] for c in whole[2]] == list(range(len(whole[2])))
+@given(text=fragment_texts(_FRAGMENTS), cuts=st.lists(st.integers(0, 300)))
+def test_random_markup_is_chunking_invariant_and_never_raises(text: str, cuts: list[int]) -> None:
+    check_chunking_invariant(Case("random", h, text), cuts)
 
 
 def test_text_streams_as_it_arrives() -> None:
@@ -389,7 +393,7 @@ def test_call_is_released_when_complete_and_not_before() -> None:
 
 def test_ids_are_fresh_and_indexes_count_calls() -> None:
     text = "".join(call_header("get_time") + json.dumps({"tz": tz}) + "<|call|>" for tz in ("A", "B", "C"))
-    delta = run(Case("ids", h, text), [text])
+    delta = parse(h, text)
     assert [c.index for c in delta.tool_calls] == [0, 1, 2]
     assert len({c.id for c in delta.tool_calls}) == 3
 
@@ -403,7 +407,7 @@ def test_injected_ids() -> None:
 
 def test_arguments_keep_key_order() -> None:
     text = call_header("get_weather") + '{"z": 1, "a": {"y": 2, "b": 3}, "m": 0}<|call|>'
-    (c,) = run(Case("order", h, text), [text]).tool_calls
+    (c,) = parse(h, text).tool_calls
     assert json.dumps(c.arguments) == '{"z": 1, "a": {"y": 2, "b": 3}, "m": 0}'
 
 
@@ -416,14 +420,13 @@ def test_arguments_keep_key_order() -> None:
     ],
 )
 def test_failed_calls_and_headers_warn(caplog: pytest.LogCaptureFixture, text: str, message: str) -> None:
-    with caplog.at_level(logging.WARNING, logger="herd.parsing.harmony"):
-        run(Case("warn", h, text), [text])
+    parse_logged(caplog, "herd.parsing.harmony", h, text)
     assert message in caplog.text
 
 
 def test_no_tools_offered_every_call_is_content() -> None:
     text = call_header("get_weather") + '{"city":"Paris"}<|call|>'
-    delta = run(Case("none", lambda: HarmonyParser(()), text), [text])
+    delta = parse(lambda: HarmonyParser(()), text)
     assert delta == Delta(content='{"city":"Paris"}')
 
 
@@ -462,7 +465,7 @@ def test_harmony_function_names() -> None:
 def test_clashing_renamed_tools_map_back_to_what_the_model_was_shown() -> None:
     tools = (ToolDef("get-weather", "", {}), ToolDef("get_weather", "", {}))
     text = call_header("get_weather") + "{}<|call|>" + call_header("get_weather_2") + "{}<|call|>"
-    delta = run(Case("clash", lambda: HarmonyParser(tools), text), [text])
+    delta = parse(lambda: HarmonyParser(tools), text)
     assert [c.name for c in delta.tool_calls] == ["get-weather", "get_weather"]
 
 

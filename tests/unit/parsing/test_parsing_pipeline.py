@@ -8,7 +8,14 @@ from collections.abc import Callable
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from parsing_support import Case, check_case_all_chunkings, feed_deltas, run, split_at, summary
+from parsing_support import (
+    Case,
+    check_case_all_chunkings,
+    check_chunking_invariant,
+    check_random_chunking,
+    feed_deltas,
+    fragment_texts,
+)
 
 from herd.parsing.base import Delta, IncrementalParser, PassThrough
 from herd.parsing.pipeline import OutputParser, parse_all
@@ -110,9 +117,7 @@ def test_golden_at_every_chunk_boundary(case: Case) -> None:
 @settings(max_examples=200, deadline=None)
 @given(data=st.data())
 def test_random_chunkings_agree(data: st.DataObject) -> None:
-    case = data.draw(st.sampled_from(PIPELINE_CASES), label="case")
-    cuts = data.draw(st.lists(st.integers(0, len(case.text))), label="cuts")
-    assert summary(run(case, split_at(case.text, cuts))) == case.expected()
+    check_random_chunking(data, PIPELINE_CASES)
 
 
 _FRAGMENTS = [
@@ -133,19 +138,13 @@ _FRAGMENTS = [
 
 @settings(max_examples=300, deadline=None)
 @given(
-    parts=st.lists(st.sampled_from(_FRAGMENTS), max_size=10),
+    text=fragment_texts(_FRAGMENTS, max_size=10),
     cuts=st.lists(st.integers(0, 300)),
     family=st.sampled_from([ToolFormat.HERMES, ToolFormat.GENERIC, ToolFormat.LLAMA3]),
     prefilled=st.booleans(),
 )
-def test_random_text_is_chunking_invariant(
-    parts: list[str], cuts: list[int], family: ToolFormat, prefilled: bool
-) -> None:
-    text = "".join(parts)
-    case = Case("random", output(family, prefilled=prefilled), text)
-    whole = summary(run(case, [text]))
-    assert summary(run(case, split_at(text, [c for c in cuts if c <= len(text)]))) == whole
-    assert summary(run(case, list(text))) == whole
+def test_random_text_is_chunking_invariant(text: str, cuts: list[int], family: ToolFormat, prefilled: bool) -> None:
+    check_chunking_invariant(Case("random", output(family, prefilled=prefilled), text), cuts)
 
 
 def test_thinking_streams_out_while_tools_wait() -> None:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from parsing_support import Case, check_case_all_chunkings, feed_deltas, run, split_at, summary
+from parsing_support import (
+    Case,
+    check_case_all_chunkings,
+    check_chunking_invariant,
+    check_random_chunking,
+    feed_deltas,
+    fragment_texts,
+)
 
 from herd.parsing.base import Delta
 from herd.parsing.thinking import ThinkingParser, ThinkingState
@@ -84,9 +91,7 @@ def test_golden_at_every_chunk_boundary(case: Case) -> None:
 @settings(max_examples=200, deadline=None)
 @given(data=st.data())
 def test_random_chunkings_agree(data: st.DataObject) -> None:
-    case = data.draw(st.sampled_from(THINKING_CASES), label="case")
-    cuts = data.draw(st.lists(st.integers(0, len(case.text))), label="cuts")
-    assert summary(run(case, split_at(case.text, cuts))) == case.expected()
+    check_random_chunking(data, THINKING_CASES)
 
 
 # Text built from the pieces that matter to the state machine, to find orderings no golden case thought of.
@@ -95,18 +100,12 @@ _FRAGMENTS = ["<think>", "</think>", "<th", "</th", "ink>", "<", "/", " ", "\n",
 
 @settings(max_examples=300, deadline=None)
 @given(
-    parts=st.lists(st.sampled_from(_FRAGMENTS), max_size=14),
+    text=fragment_texts(_FRAGMENTS),
     cuts=st.lists(st.integers(0, 200)),
     prefilled=st.booleans(),
 )
-def test_random_text_is_chunking_invariant(parts: list[str], cuts: list[int], prefilled: bool) -> None:
-    text = "".join(parts)
-    cuts = [c for c in cuts if c <= len(text)]
-    case = Case("random", lambda: think(prefilled), text)
-    whole = summary(run(case, [text]))
-    assert summary(run(case, split_at(text, cuts))) == whole
-    assert summary(run(case, list(text))) == whole
-    content, thinking, _ = whole
+def test_random_text_is_chunking_invariant(text: str, cuts: list[int], prefilled: bool) -> None:
+    content, thinking, _ = check_chunking_invariant(Case("random", lambda: think(prefilled), text), cuts)
     # Nothing is lost except tags and the whitespace the spec drops.
     assert len(content) + len(thinking) <= len(text)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 from hypothesis import given, settings
@@ -11,11 +12,14 @@ from hypothesis import strategies as st
 from parsing_support import (
     CALL_ID_RE,
     Case,
+    check_calls_stream,
     check_case_all_chunkings,
+    check_chunking_invariant,
+    check_injected_id,
+    check_random_chunking,
     dump,
-    feed_deltas,
+    fragment_texts,
     run,
-    split_at,
     summary,
 )
 
@@ -356,19 +360,13 @@ def test_golden_at_every_chunk_boundary(case: Case) -> None:
 @pytest.mark.parametrize("case", [c for c in ALL_CASES if c.calls], ids=lambda c: c.id)
 def test_streamed_call_chunks_carry_no_content(case: Case) -> None:
     """Token by token, calls arrive in deltas whose content is "" (spec 2.9), and before finish."""
-    deltas = feed_deltas(case.make(), list(case.text))
-    with_calls = [d for d in deltas if d.tool_calls]
-    assert with_calls
-    assert all(d.content == "" for d in with_calls)
-    assert not deltas[-1].tool_calls  # complete calls never wait for finish
+    check_calls_stream(case)
 
 
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_random_chunkings_agree(data: st.DataObject) -> None:
-    case = data.draw(st.sampled_from(ALL_CASES), label="case")
-    cuts = data.draw(st.lists(st.integers(0, len(case.text))), label="cuts")
-    assert summary(run(case, split_at(case.text, cuts))) == case.expected()
+    check_random_chunking(data, ALL_CASES)
 
 
 _FRAGMENTS = [
@@ -397,19 +395,12 @@ _FRAGMENTS = [
 
 @settings(max_examples=300, deadline=None)
 @given(
-    parts=st.lists(st.sampled_from(_FRAGMENTS), max_size=12),
+    text=fragment_texts(_FRAGMENTS, max_size=12),
     cuts=st.lists(st.integers(0, 400)),
     make=st.sampled_from([hermes, llama3, mistral, bare_json, parser(ToolFormat.GENERIC, "[")]),
 )
-def test_random_text_is_chunking_invariant(
-    parts: list[str], cuts: list[int], make: Callable[[], ToolCallParser]
-) -> None:
-    text = "".join(parts)
-    case = Case("random", make, text)
-    whole = summary(run(case, [text]))
-    assert summary(run(case, split_at(text, [c for c in cuts if c <= len(text)]))) == whole
-    assert summary(run(case, list(text))) == whole
-    assert [c[2] for c in whole[2]] == list(range(len(whole[2])))
+def test_random_text_is_chunking_invariant(text: str, cuts: list[int], make: Callable[[], ToolCallParser]) -> None:
+    check_chunking_invariant(Case("random", make, text), cuts)
 
 
 def test_text_before_the_tag_streams_and_partial_tag_is_held() -> None:
@@ -435,9 +426,7 @@ def test_ids_are_fresh_and_well_formed() -> None:
     ids = {new_call_id() for _ in range(200)}
     assert len(ids) == 200
     assert all(CALL_ID_RE.fullmatch(i) for i in ids)
-    fixed = ToolCallParser(NAMES, ToolFormat.HERMES, new_id=lambda: "call_fixed000")
-    delta = fixed.feed(f"<tool_call>{TIME}</tool_call>")
-    assert [c.id for c in delta.tool_calls] == ["call_fixed000"]
+    check_injected_id(partial(ToolCallParser, NAMES, ToolFormat.HERMES), f"<tool_call>{TIME}</tool_call>")
 
 
 def test_arguments_keep_key_order() -> None:
