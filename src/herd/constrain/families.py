@@ -146,8 +146,11 @@ def _harmony(tools: Sequence[ToolSpec], forced: bool, special: Collection[str]) 
     names = harmony_function_names([t.name for t in tools])
     m = lambda x: _m(x, special)  # noqa: E731
     rules = []
+    # Unforced, the recipient may have come in the role part, before the channel; forced, the grammar writes the
+    # channel first, and a second one would be read as part of the recipient.
+    channel = "" if forced else f'({m("<|channel|>")} "commentary")? '
     for i, t in enumerate(tools):
-        rules.append(f'c_{i}: {_lit(names[t.name])} ({m("<|channel|>")} "commentary")? '
+        rules.append(f'c_{i}: {_lit(names[t.name])} {channel}'
                      f'(" " {m("<|constrain|>")} "json")? {m("<|message|>")} {_args(t)} {m("<|call|>")}')
     rules.insert(0, "call: " + " | ".join(f"c_{i}" for i in range(len(tools))))
     if forced:
