@@ -267,6 +267,10 @@ class ChatService:
         self, model: ResolvedModel, turn: ChatTurn, think: Think | None, prefilled: bool
     ) -> IncrementalParser:
         enabled = think is not None and think.enabled and "thinking" in model.capabilities
+        if turn.force_tool is not None and turn.tools and turn.format is None:
+            # A forced call starts at the first token, even after a template that pre-opened the thinking block:
+            # what comes is the call, not reasoning.
+            enabled = prefilled = False
         # A family's own parser reads its thinking and calls (and, for Harmony, its channels) in one pass; it is
         # used with or without tools, so its markup never reaches `content`.
         own = model.family.make_parser(turn.tools, enabled or not model.family.can_disable_thinking, prefilled)

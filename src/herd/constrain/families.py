@@ -23,6 +23,7 @@ from herd.constrain.grammar import (
     JSON_OPTIONS,
     ToolSpec,
     _lit,
+    _regex_escape,
     _special,
     _wrap_call,
     as_ollama_reads,
@@ -164,7 +165,8 @@ def _harmony(tools: Sequence[ToolSpec], forced: bool, special: Collection[str]) 
 
 def _deepseek(tools: Sequence[ToolSpec], forced: bool, special: Collection[str]) -> str:
     m = lambda x: _m(x, special)  # noqa: E731
-    rules = ["calls: SEP call (SEP call)* SEP " + m(DS_CALLS_END),
+    more = "" if forced else "(SEP call)* "  # forced: exactly one call, as for the JSON families
+    rules = [f"calls: SEP call {more}SEP " + m(DS_CALLS_END),
              "call: " + " | ".join(f"c_{i}" for i in range(len(tools)))]
     for i, t in enumerate(tools):
         rules.append(f"c_{i}: {m(DS_CALL_BEGIN)} {_lit(t.name)} {m(DS_SEP)} {_args(t)} {m(DS_CALL_END)}")
@@ -188,6 +190,22 @@ def _granite3(tools: Sequence[ToolSpec], forced: bool, special: Collection[str])
 # ---- XML families: Qwen3-Coder / Qwen3.5 and GLM-4.x --------------------------------------------------------------
 
 
+# What a string value may not contain, per closing tag: the tags the family's parser reads as the end of the value
+# or of the call (a value holding "</function>" would end the call early and leave required arguments out).
+_STRUCTURAL = {
+    "\n</parameter>": ("</parameter>", "<parameter=", "</function>", "</tool_call>"),
+    "</arg_value>": ("</arg_value>", "<arg_key>", "</arg_key>", "<arg_value>", "</tool_call>"),
+}
+
+
+def _free_text_without(tags: Sequence[str], min_length: int = 0, max_length: int | None = None) -> str:
+    """A lexeme of any text that contains none of `tags` (llguidance's & and ~ on regular expressions), of the
+    schema's minLength..maxLength characters."""
+    alternatives = "|".join(_regex_escape(t) for t in tags)
+    count = f"{{{min_length},{'' if max_length is None else max_length}}}"
+    return f"/(.|\\n){count}/ & ~/(.|\\n)*({alternatives})(.|\\n)*/"
+
+
 def _value(rule: str, schema: object, close: str) -> list[str]:
     """Rules for one parameter's value, ending with the `close` literal; `rule` names the value rule."""
     s = as_ollama_reads(dict(schema)) if isinstance(schema, dict) else {}
@@ -206,8 +224,12 @@ def _value(rule: str, schema: object, close: str) -> list[str]:
     if kind in ("object", "array"):
         js = {**s, "x-guidance": JSON_OPTIONS}
         return [f"{rule}: %json {json.dumps(js, ensure_ascii=False)} {_lit(close)}"]
-    # A string (or anything else): free text up to the first closing tag.
-    return [f"{rule}[lazy]: TEXT {_lit(close)}"]
+    # A string (or anything else): free text up to the first closing tag, holding none of the call's own tags.
+    lexeme = rule.upper() + "_TEXT"
+    low = s.get("minLength") if isinstance(s.get("minLength"), int) and s["minLength"] >= 0 else 0
+    high = s.get("maxLength") if isinstance(s.get("maxLength"), int) and s["maxLength"] >= low else None
+    return [f"{rule}[lazy]: {lexeme} {_lit(close)}",
+            f"{lexeme}: {_free_text_without(_STRUCTURAL[close], low, high)}"]
 
 
 def _params(i: int, tool: ToolSpec, block: Any) -> tuple[str, list[str]]:
@@ -243,7 +265,8 @@ def _xml(tools: Sequence[ToolSpec], forced: bool, special: Collection[str], make
     open_, close = _m("<tool_call>", special), _m("</tool_call>", special)
     glm = make is _glm_call
     inner = '"\\n" call "\\n"' if not glm else 'call "\\n"'
-    rules = [f"calls: {inner} {close} (SEP {open_} {inner} {close})* SEP",
+    more = "" if forced else f"(SEP {open_} {inner} {close})* "  # forced: exactly one call
+    rules = [f"calls: {inner} {close} {more}SEP",
              "call: " + " | ".join(f"c_{i}" for i in range(len(tools)))]
     for i, t in enumerate(tools):
         rules += make(i, t)

@@ -91,3 +91,45 @@ def test_forced_grammar_starts_with_the_call(tokenizer: LLTokenizer, family: str
     assert not accepts(tokenizer, grammar, "Just an answer, no call.")
     with pytest.raises(Exception, match="unknown function"):
         family_call_grammar(family, TEMPLATE.get(family, ""), TOOLS, "nope")
+
+
+@pytest.mark.parametrize(("family", "cut"), [
+    ("qwen3-coder", "Paris\n</function>\n</tool_call>\n\nAnything at all"),
+    ("glm-4.7", "Paris</arg_value>\n</tool_call>\n\nAnything at all"),
+])
+def test_a_string_value_cannot_end_the_call_early(tokenizer: LLTokenizer, family: str, cut: str) -> None:
+    """A string argument holding the family's closing tags would end the call with required arguments missing;
+    the grammar refuses it (found end to end: the parser then read a call without its required `days`)."""
+    text = CANONICAL[family]
+    early = text[:text.index("Paris")] + cut
+    grammar = family_call_grammar(family, "", TOOLS, None)
+    assert grammar is not None
+    assert not accepts(tokenizer, grammar, early)
+
+
+@pytest.mark.parametrize("family", ["deepseek3", "qwen3-coder", "glm-4.7"])
+def test_forced_grammar_allows_exactly_one_call(tokenizer: LLTokenizer, family: str) -> None:
+    text = CANONICAL[family]
+    grammar = family_call_grammar(family, "", TOOLS, "")
+    assert grammar is not None
+    start = text.index({"deepseek3": "<｜tool▁calls▁begin｜>"}.get(family, "<tool_call>"))
+    one = text[start:]
+    assert accepts(tokenizer, grammar, one)
+    if family == "deepseek3":
+        call = one[len("<｜tool▁calls▁begin｜>"):-len("<｜tool▁calls▁end｜>")]
+        two = "<｜tool▁calls▁begin｜>" + call + call + "<｜tool▁calls▁end｜>"
+    else:
+        two = one + "\n" + one
+    assert not accepts(tokenizer, grammar, two)
+    assert accepts(tokenizer, family_call_grammar(family, "", TOOLS, None) or "", "Sure." + two)
+
+
+def test_xml_string_values_keep_max_length(tokenizer: LLTokenizer) -> None:
+    """A string parameter's maxLength holds in the XML families too (JSON families get it from llguidance)."""
+    short = ToolSpec("note", "", {"type": "object", "properties": {"text": {"type": "string", "maxLength": 5}},
+                                  "required": ["text"]})
+    grammar = family_call_grammar("qwen3-coder", "", [short], "")
+    assert grammar is not None
+    call = "<tool_call>\n<function=note>\n<parameter=text>\n{}\n</parameter>\n</function>\n</tool_call>"
+    assert accepts(tokenizer, grammar, call.format("hello"))
+    assert not accepts(tokenizer, grammar, call.format("hello!"))
