@@ -12,9 +12,21 @@ Runs inside the runner process only.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from herd.engine.protocol import ImageInput
+
+
+def cache_keys(items: Sequence[int | ImageChunk]) -> list[int]:
+    """One entry per KV position: the token, or the image's key at each of its positions."""
+    keys: list[int] = []
+    for item in items:
+        if isinstance(item, ImageChunk):
+            keys.extend([item.key] * item.n_pos)
+        else:
+            keys.append(item)
+    return keys
 
 
 def image_key(digest: bytes) -> int:
@@ -99,6 +111,26 @@ class Vision:
                 self.free(prepared)
                 raise ValueError("the projector made a chunk that is not an image")
         return prepared
+
+    def prompt_items(self, tokens: Sequence[int], images: Sequence[ImageInput]
+                     ) -> tuple[list[int | ImageChunk], list[PreparedImage]]:
+        """The prompt as the KV cache will hold it: text tokens, with each image's mtmd chunks where it goes."""
+        prepared: list[PreparedImage] = []
+        items: list[int | ImageChunk] = []
+        last = 0
+        try:
+            for image in images:
+                items.extend(tokens[last:image.at])
+                last = image.at
+                p = self.prepare(image)
+                prepared.append(p)
+                items.extend(p.items)
+        except Exception:
+            for p in prepared:
+                self.free(p)
+            raise
+        items.extend(tokens[last:])
+        return items, prepared
 
     def free(self, prepared: PreparedImage) -> None:
         if prepared.chunks:

@@ -43,7 +43,7 @@ from herd.engine.protocol import (
     TopLogprob,
     frame,
 )
-from herd.engine.vision import ImageChunk, PreparedImage, Vision
+from herd.engine.vision import ImageChunk, PreparedImage, Vision, cache_keys
 from herd.parsing.stop import StopMatcher
 
 # While others decode, a prefilling sequence adds at most this many prompt tokens per step, so each step (and so
@@ -223,38 +223,11 @@ class Worker:
             self.finish(seq, "cancel")
 
     def prompt_items(self, cmd: GenerateCmd) -> tuple[list[int | ImageChunk], list[PreparedImage]]:
-        """The prompt as the KV cache will hold it: text tokens, with each image's mtmd chunks where it goes."""
         if not cmd.images:
             return list(cmd.tokens), []
         if self.vision is None:
             raise ValueError("this model has no vision projector loaded: it cannot take images")
-        prepared: list[PreparedImage] = []
-        items: list[int | ImageChunk] = []
-        last = 0
-        try:
-            for image in cmd.images:
-                items.extend(cmd.tokens[last:image.at])
-                last = image.at
-                p = self.vision.prepare(image)
-                prepared.append(p)
-                items.extend(p.items)
-        except Exception:
-            for p in prepared:
-                self.vision.free(p)
-            raise
-        items.extend(cmd.tokens[last:])
-        return items, prepared
-
-    @staticmethod
-    def cache_keys(items: list[int | ImageChunk]) -> list[int]:
-        """One entry per KV position: the token, or the image's key at each of its positions."""
-        keys: list[int] = []
-        for item in items:
-            if isinstance(item, ImageChunk):
-                keys.extend([item.key] * item.n_pos)
-            else:
-                keys.append(item)
-        return keys
+        return self.vision.prompt_items(cmd.tokens, cmd.images)
 
     def assign_slots(self) -> None:
         while self.waiting:
@@ -267,7 +240,7 @@ class Worker:
             except Exception as exc:
                 self.events.append(DoneEvent(cmd.req_id, "error", error=str(exc)))
                 continue
-            tokens = self.cache_keys(items)
+            tokens = cache_keys(items)
             what = ""
             if not tokens or len(tokens) >= self.spec.num_ctx:
                 # The server refuses these before sending them; a runner never decodes a batch it cannot hold.
