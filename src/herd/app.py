@@ -11,14 +11,18 @@ from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from herd import __version__
-from herd.api import loop_probe, ollama, ollama_generate, ollama_models, openai
+from herd.api import loop_probe
 from herd.api.guard import Drain, GuardMiddleware, is_loopback_host
+from herd.api.ollama import chat as ollama_chat
+from herd.api.ollama import generate as ollama_generate
+from herd.api.ollama import models as ollama_models
+from herd.api.openai import routes as openai_routes
 from herd.api.openapi import install as install_openapi
 from herd.config import Settings
 from herd.engine import tokenizer
 from herd.engine.protocol import LoadSpec
 from herd.engine.runner import Runner
-from herd.services import Services, build_services
+from herd.services.wiring import Services, build_services
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None,
@@ -42,10 +46,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     # Host check (DNS rebinding) only while listening on loopback, as Ollama; CORS for the built-in and extra origins.
     app.add_middleware(GuardMiddleware, origins=settings.origins, check_host=is_loopback_host(settings.host),
                        drain=app.state.drain)
-    app.include_router(ollama.router)
+    app.include_router(ollama_chat.router)
     app.include_router(ollama_generate.router)
     app.include_router(ollama_models.router)
-    app.include_router(openai.router)
+    app.include_router(openai_routes.router)
     loop_probe.install(app)  # only with HERD_LOOP_PROBE=1: bench/loop_lag.py reads the loop's worst stall
 
     install_openapi(app)  # /openapi.json: nested body schemas under components, one operationId per method

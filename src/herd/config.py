@@ -109,6 +109,9 @@ class Settings:
     shutdown_grace_s: float = 10.0
     prompt_cache: bool = True
     constrain_tools: bool = True  # tool calls valid by construction (Ollama only parses them)
+    # /v1/responses keeps recent responses for previous_response_id: at most this many, each for this long
+    responses_max: int = 256
+    responses_ttl_s: float = 3600.0
 
     @property
     def threads(self) -> int:
@@ -161,4 +164,6 @@ class Settings:
             max_stop=max(0, _int(cls.max_stop, "HERD_MAX_STOP")),
             max_stop_length=max(1, _int(cls.max_stop_length, "HERD_MAX_STOP_LENGTH")),
             shutdown_grace_s=max(0.0, _float(cls.shutdown_grace_s, "HERD_SHUTDOWN_GRACE")),
+            responses_max=max(0, _int(cls.responses_max, "HERD_RESPONSES_MAX")),
+            responses_ttl_s=max(0.0, _float(cls.responses_ttl_s, "HERD_RESPONSES_TTL")),
         )

@@ -58,3 +58,5 @@ class ChatTurn:
     debug_render_only: bool = False
     constrain_tools: bool = True
     force_tool: str | None = None  # "" = any tool must be called; a name = that tool
+    parallel_tool_calls: bool = True  # False: the turn ends after its first complete call (at most one)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id of the model's vocabulary, bias) pairs

@@ -241,3 +241,80 @@ def test_embeddings(client: openai.OpenAI, http: httpx.Client) -> None:
     assert floats["data"][0]["object"] == "embedding" and len(floats["data"][0]["embedding"]) == 8
     empty = http.post("/v1/embeddings", json={"model": MODEL, "input": ""})
     assert empty.status_code == 200 and len(empty.json()["data"]) == 1
+
+
+# ---- the fields newer SDKs send (issue 15 point 3) ----------------------------------------------------------------
+
+
+def test_max_completion_tokens_bounds_the_answer(client: openai.OpenAI) -> None:
+    resp = client.chat.completions.create(model=MODEL, messages=QUESTION, max_completion_tokens=5, temperature=0)
+    assert resp.usage is not None and resp.usage.completion_tokens == 5
+    assert resp.choices[0].finish_reason == "length"
+
+
+def test_n_choices_each_with_its_own_seed(client: openai.OpenAI) -> None:
+    """n=3 with seed s: choice i samples like a single request with seed s+i, so the choices are reproducible one
+    by one; the prompt is counted once, the completions of all three together."""
+    args = {"model": MODEL, "messages": QUESTION, "max_completion_tokens": 10}
+    resp = client.chat.completions.create(n=3, seed=11, **args)  # type: ignore[call-overload]
+    assert [c.index for c in resp.choices] == [0, 1, 2]
+    texts = [c.message.content for c in resp.choices]
+    assert all(texts) and len(set(texts)) > 1
+    for i in (0, 2):
+        one = client.chat.completions.create(seed=11 + i, **args)  # type: ignore[call-overload]
+        assert one.choices[0].message.content == texts[i]
+        assert resp.usage is not None and one.usage is not None
+        assert resp.usage.prompt_tokens == one.usage.prompt_tokens
+    assert resp.usage is not None and resp.usage.completion_tokens == 30
+
+    # streamed: each chunk names its choice; joined per index they are the same three answers
+    parts: dict[int, str] = {0: "", 1: "", 2: ""}
+    finished = set()
+    stream = client.chat.completions.create(n=3, seed=11, stream=True, stream_options={"include_usage": True},
+                                            **args)  # type: ignore[call-overload]
+    chunks = list(stream)
+    for chunk in chunks[:-1]:
+        for choice in chunk.choices:
+            parts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finished.add(choice.index)
+    assert [parts[i] for i in range(3)] == texts and finished == {0, 1, 2}
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 30
+
+
+def test_n_choices_on_completions(client: openai.OpenAI) -> None:
+    resp = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=4, n=2, seed=3)
+    assert [c.index for c in resp.choices] == [0, 1] and all(c.text for c in resp.choices)
+    assert resp.usage is not None and resp.usage.completion_tokens == 8
+
+
+def test_logit_bias_bans_the_greedy_first_token(http: httpx.Client) -> None:
+    """The model's own greedy first token (read from /api/generate's context, which is the model's token ids),
+    banned with -100, is not the first token any more; an id outside the vocabulary is a 400 before any work."""
+    prompt = "The capital of France is"
+    gen = http.post("/api/generate", json={"model": MODEL, "prompt": prompt, "stream": False,
+                                           "options": {"temperature": 0, "num_predict": 1}}).json()
+    assert gen["eval_count"] == 1
+    first = gen["context"][-1]  # the context ends with the generated token
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 1, "temperature": 0}
+    plain = http.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    assert plain == gen["response"]
+    banned = http.post("/v1/completions", json={**body, "logit_bias": {str(first): -100}}).json()
+    assert banned["choices"][0]["text"] != plain
+    bad = http.post("/v1/chat/completions", json={"model": MODEL, "messages": QUESTION,
+                                                  "logit_bias": {"99999999": 5}})
+    assert bad.status_code == 400 and "not in the model's vocabulary" in bad.json()["error"]["message"]
+
+
+def test_parallel_tool_calls_false_gives_at_most_one_call(client: openai.OpenAI) -> None:
+    tools = [{"type": "function", "function": {"name": "weather", "description": "Weather in a city",
+                                               "parameters": {"type": "object", "properties": {
+                                                   "city": {"type": "string"}}, "required": ["city"]}}}]
+    resp = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Weather in Paris, Rome and Oslo?"}], tools=tools,
+        tool_choice="required", parallel_tool_calls=False, max_completion_tokens=64, temperature=0)
+    calls = resp.choices[0].message.tool_calls or []
+    assert len(calls) == 1 and calls[0].function.name == "weather"
+    assert "city" in json.loads(calls[0].function.arguments)
+    assert resp.choices[0].finish_reason == "tool_calls"

@@ -39,8 +39,8 @@ import ollama
 import openai
 import pytest
 
+from herd.api.openai.translate import IMAGE_URLS_REFUSED
 from herd.images import MAX_PIXELS
-from herd.openai_compat import IMAGE_URLS_REFUSED
 from herd.registry.default_model import default_model_file
 from herd.registry.store import Store
 from tests.integration.conftest import MODEL

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import Request
 
 from herd.api.openapi import request_body
-from herd.services import Services
+from herd.services.wiring import Services
 
 
 def services(request: Request) -> Services:

@@ -1,4 +1,4 @@
-"""Typed errors -> status code and body, in one place, per dialect (native Ollama and OpenAI)."""
+"""Typed errors -> status code and body, in one place, per dialect (native Ollama, OpenAI and Anthropic)."""
 
 from __future__ import annotations
 
@@ -80,3 +80,20 @@ class OpenAIJSON(OllamaJSON):
 def openai_error(exc: HerdError) -> OpenAIJSON:
     status = status_of(exc)
     return OpenAIJSON(openai_error_body(status, exc.message), status_code=status)
+
+
+# Anthropic's error types by status (its API reference, "Errors"); 503 is how herd says the queue is full, which
+# Anthropic calls overloaded (its own 529).
+_ANTHROPIC_KIND = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                   503: "overloaded_error", 529: "overloaded_error"}
+
+
+def anthropic_error_body(status: int, message: str) -> dict[str, object]:
+    return {"type": "error", "error": {"type": _ANTHROPIC_KIND.get(status, "api_error"), "message": message}}
+
+
+def anthropic_error(exc: HerdError) -> OpenAIJSON:
+    """Anthropic's JSON is the same compact `application/json` as OpenAI's."""
+    status = status_of(exc)
+    return OpenAIJSON(anthropic_error_body(status, exc.message), status_code=status)

@@ -90,6 +90,8 @@ class SamplingParams:
     # rest and go on; shift=False ends it with "length" instead.
     shift: bool = True
     num_keep: int = 4
+    # OpenAI's logit_bias: (token id, bias) pairs added to the logits before sampling (ids checked by the server)
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,7 @@ class DoneEvent:
     # With reason "error": "too_long" when the prompt, image tokens included, does not fit num_ctx (only the
     # runner knows how many tokens an image takes), which the client gets as a 400 like any over-long prompt.
     error_kind: str = ""
+    stop_sequence: str = ""  # with reason "stop": the stop string that ended it, "" for the model's own end
 
 
 @dataclass(frozen=True)

@@ -424,8 +424,13 @@ class Worker:
         if not seq.t_first:
             seq.t_first = now
         logits = None
-        if seq.constraint is not None or seq.cmd.logprobs or seq.greedy:
+        bias = seq.cmd.sampling.logit_bias
+        if seq.constraint is not None or seq.cmd.logprobs or seq.greedy or bias:
             logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, idx), shape=(self.n_vocab,))
+        if bias:
+            # In place: the sampler chain reads these same logits from the context.
+            for tok, b in bias:
+                logits[tok] += b  # type: ignore[index]
         lp_entries: tuple[TokenLogprob, ...] = ()
         raw_logprobs = None
         if seq.cmd.logprobs and logits is not None:
@@ -516,6 +521,7 @@ class Worker:
                 eval_ns=now - t_first,
                 error=error,
                 tokens=tuple(seq.generated[:-1] if drop_last else seq.generated),
+                stop_sequence=seq.stop.matched,
             )
         )
         self.L.llama_sampler_free(seq.sampler)

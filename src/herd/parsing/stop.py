@@ -14,6 +14,7 @@ class StopMatcher:
         self.stops = tuple(s for s in stops if s)
         self._held = ""
         self.stopped = False
+        self.matched = ""  # the stop string that ended the text (Anthropic's stop_sequence names it)
 
     def feed(self, text: str) -> str:
         """Returns the text that is safe to emit. After a match, `stopped` is True and later text is ignored."""
@@ -25,6 +26,7 @@ class StopMatcher:
         found = earliest(buf, self.stops)
         if found is not None:
             self.stopped = True
+            self.matched = found[1]
             self._held = ""
             return buf[: found[0]]
         keep = partial_len(buf, self.stops)

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from herd.errors import InvalidRequest
-from herd.model_views import ModelViews
 from herd.registry import gguf_info
 from herd.registry.gguf_info import LEAN_ARRAY_MAX, read_gguf_full, read_gguf_info
 from herd.registry.models import ModelCatalog
 from herd.registry.names import ModelName
 from herd.registry.store import CONFIG_MEDIA_TYPE, LAYER_PREFIX, Layer, Manifest, Store
+from herd.services.model_views import ModelViews
 
 N_VOCAB = 3000
 

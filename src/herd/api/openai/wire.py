@@ -8,9 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from herd.api.ollama.wire import logprob_json
 from herd.engine.protocol import TokenLogprob
 from herd.parsing.base import ToolCall
-from herd.schemas.ollama import logprob_json
 
 _STRICT = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
 FINGERPRINT = "fp_ollama"
@@ -73,19 +73,38 @@ class ChatCompletionRequest(BaseModel):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     max_tokens: int | None = None
+    max_completion_tokens: int | None = None  # newer SDKs send this instead of max_tokens
+    n: int | None = None
     seed: int | None = None
     stop: Any = None
     temperature: float | None = None
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     top_p: float | None = None
+    logit_bias: dict[str, float] | None = None
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
     reasoning: Reasoning | None = None
     reasoning_effort: str | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    # Accepted: they change nothing in the answer (an end-user id, tags, a routing or caching hint, a length hint).
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    verbosity: str | None = None
+    prediction: Any = None  # predicted output: a speed hint, the answer is the same without it
+    # Refused when set: herd cannot do what they ask (see translate._refuse_unsupported).
+    audio: Any = None
+    modalities: list[str] | None = None
+    web_search_options: Any = None
+    functions: Any = None
+    function_call: Any = None
     debug_render_only: bool | None = Field(default=None, alias="_debug_render_only")
 
 
@@ -104,6 +123,11 @@ class CompletionRequest(BaseModel):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     logprobs: int | None = None
+    n: int | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    echo: bool | None = None  # refused when true
+    best_of: int | None = None  # refused above 1
     debug_render_only: bool | None = Field(default=None, alias="_debug_render_only")
 
 
@@ -144,22 +168,26 @@ def message_json(content: str, reasoning: str, calls: tuple[ToolCall, ...], role
     return doc
 
 
-def chat_completion_json(id_: str, created: int, model: str, message: dict[str, object], finish_reason: str | None,
-                         usage: dict[str, int], logprobs: tuple[TokenLogprob, ...] = (),
-                         debug_info: dict[str, object] | None = None) -> dict[str, object]:
-    choice: dict[str, object] = {"index": 0, "message": message, "finish_reason": finish_reason}
+def choice_json(index: int, message: dict[str, object], finish_reason: str | None,
+                logprobs: tuple[TokenLogprob, ...] = ()) -> dict[str, object]:
+    choice: dict[str, object] = {"index": index, "message": message, "finish_reason": finish_reason}
     if logprobs:
         choice["logprobs"] = logprobs_json(logprobs)
+    return choice
+
+
+def chat_completion_json(id_: str, created: int, model: str, choices: list[dict[str, object]],
+                         usage: dict[str, int], debug_info: dict[str, object] | None = None) -> dict[str, object]:
     doc: dict[str, object] = {"id": id_, "object": "chat.completion", "created": created, "model": model,
-                              "system_fingerprint": FINGERPRINT, "choices": [choice], "usage": usage}
+                              "system_fingerprint": FINGERPRINT, "choices": choices, "usage": usage}
     if debug_info is not None:
         doc["_debug_info"] = debug_info
     return doc
 
 
 def chat_chunk_json(id_: str, created: int, model: str, delta: dict[str, object], finish_reason: str | None,
-                    logprobs: tuple[TokenLogprob, ...] = ()) -> dict[str, object]:
-    choice: dict[str, object] = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+                    logprobs: tuple[TokenLogprob, ...] = (), index: int = 0) -> dict[str, object]:
+    choice: dict[str, object] = {"index": index, "delta": delta, "finish_reason": finish_reason}
     if logprobs:
         choice["logprobs"] = logprobs_json(logprobs)
     return {"id": id_, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -171,14 +199,19 @@ def usage_chunk_json(id_: str, created: int, model: str, obj: str, usage: dict[s
             "choices": [], "usage": usage}
 
 
-def completion_json(id_: str, created: int, model: str, text: str, finish_reason: str | None,
-                    usage: dict[str, int] | None, logprobs: tuple[TokenLogprob, ...] = ()) -> dict[str, object]:
-    """One text_completion object: the non-streamed reply, and each streamed chunk."""
-    choice: dict[str, object] = {"text": text, "index": 0, "finish_reason": finish_reason}
+def text_choice_json(index: int, text: str, finish_reason: str | None, logprobs: tuple[TokenLogprob, ...] = ()
+                     ) -> dict[str, object]:
+    choice: dict[str, object] = {"text": text, "index": index, "finish_reason": finish_reason}
     if logprobs:
         choice["logprobs"] = logprobs_json(logprobs)
+    return choice
+
+
+def completion_json(id_: str, created: int, model: str, choices: list[dict[str, object]],
+                    usage: dict[str, int] | None) -> dict[str, object]:
+    """One text_completion object: the non-streamed reply, and each streamed chunk."""
     doc: dict[str, object] = {"id": id_, "object": "text_completion", "created": created, "model": model,
-                              "system_fingerprint": FINGERPRINT, "choices": [choice]}
+                              "system_fingerprint": FINGERPRINT, "choices": choices}
     if usage is not None:
         doc["usage"] = usage
     return doc

@@ -7,9 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from herd.api.ollama.wire import MessageIn
 from herd.registry.create import CreateSpec
 from herd.registry.progress import Progress
-from herd.schemas.ollama import MessageIn
 
 # Same decoding rules as the chat types: strict types, unknown fields ignored (Ollama ignores them too).
 _STRICT = ConfigDict(strict=True, extra="ignore", populate_by_name=True)

@@ -18,6 +18,7 @@ from herd.engine.tokenizer import Tokenizer, get_tokenizer
 from herd.errors import (
     CapabilityMissing,
     EmptyPrompt,
+    InvalidRequest,
     ModelNotFound,
     NotImplementedFeature,
     PromptTooLong,
@@ -27,7 +28,7 @@ from herd.images import DecodedImage, decode_all, image_digest
 from herd.limits import RequestLimits
 from herd.options import Limits, load_options, merge, sampling_params
 from herd.parsing.base import Delta, IncrementalParser, PassThrough, ToolCall
-from herd.prompt.builder import PROMPT_TOO_LONG, THINK_CLOSE, THINK_OPEN, RenderedPrompt, build_prompt
+from herd.prompt.builder import IMAGE_TOKENS, PROMPT_TOO_LONG, THINK_CLOSE, THINK_OPEN, RenderedPrompt, build_prompt
 from herd.registry.models import ModelCatalog, ResolvedModel
 from herd.scheduler.scheduler import ModelRef, Scheduler
 from herd.types import ChatTurn, Think
@@ -55,6 +56,7 @@ class ChatChunk:
     context: tuple[int, ...] = field(default_factory=tuple)
     debug_prompt: str | None = None
     image_count: int = 0  # with debug_prompt: the images the prompt places
+    stop_sequence: str = ""  # on the done chunk: the stop string that ended the text, if one did
 
 
 async def drain(chunks: AsyncIterator[ChatChunk]) -> ChatChunk:
@@ -76,7 +78,7 @@ async def drain(chunks: AsyncIterator[ChatChunk]) -> ChatChunk:
         last = chunk
     assert last is not None
     return ChatChunk("".join(content), "".join(thinking), tuple(calls), tuple(logprobs), True, last.done_reason,
-                     last.metrics, context=last.context)
+                     last.metrics, context=last.context, stop_sequence=last.stop_sequence)
 
 
 def not_found(name: str) -> ModelNotFound:
@@ -182,7 +184,8 @@ class ChatService:
         opts = merge(model.parameters, turn.options)
         self.request_limits.check_options(opts)  # the stop list's bounds, Modelfile and request together
         spec = self.load_spec(model, opts)
-        sampling = sampling_params(opts, self.limits, shift=turn.shift)
+        sampling = await self.with_logit_bias(sampling_params(opts, self.limits, shift=turn.shift), turn.logit_bias,
+                                              spec.model_path)
         special = await self.special_markers(model, turn, spec.model_path)
         grammar = self.grammar_for(model, turn, think, special=special)
         async with self.scheduler.lease(ref, spec, turn.keep_alive) as loaded:
@@ -203,6 +206,19 @@ class ChatService:
                                                   grammar, t0, t_loaded, decoded):
                 yield chunk
 
+    async def count_prompt_tokens(self, turn: ChatTurn) -> int:
+        """The whole prompt's length in tokens as this turn would be rendered, untruncated, without loading or
+        generating (the tokenizer runs in its own process). An image counts as the prompt builder's estimate
+        (IMAGE_TOKENS): how many tokens it really becomes is known to the projector of a loaded runner."""
+        self.request_limits.check_chat(turn.messages, turn.tools)
+        model = await self.aresolve(turn.model)
+        think = self.check_capabilities(model, turn, turn.model)
+        tokenizer = await asyncio.to_thread(get_tokenizer, str(model.model_path))
+        prompt = await asyncio.to_thread(
+            build_prompt, model, turn.messages, turn.tools, think, 1 << 40, tokenizer, False
+        )
+        return len(prompt.tokens) + len(prompt.image_at) * IMAGE_TOKENS
+
     async def generate_turn(
         self, runner: Runner, model: ResolvedModel, turn: ChatTurn, think: Think | None, prompt: RenderedPrompt,
         tokenizer: Tokenizer, sampling: SamplingParams, grammar: str | None, t0: int, t_loaded: int,
@@ -217,15 +233,31 @@ class ChatService:
         done: DoneEvent | None = None
         raw: list[str] = []
         images = image_inputs(prompt.image_at, prompt.images, decoded or {})
-        async for ev in runner.generate(prompt.tokens, first_sampling, turn.logprobs, turn.top_logprobs,
-                                        first_grammar, images):
+        one_call = bool(turn.tools) and not turn.parallel_tool_calls
+        cut = False
+        t_first = 0
+        events = runner.generate(prompt.tokens, first_sampling, turn.logprobs, turn.top_logprobs, first_grammar,
+                                 images)
+        async for ev in events:
             if isinstance(ev, DoneEvent):
                 done = ev
                 break
+            t_first = t_first or time.perf_counter_ns()
             raw.append(ev.text)
             delta = parser.feed(ev.text) if ev.text else Delta()
             if delta or ev.logprobs:
                 yield ChatChunk(delta.content, delta.thinking, delta.tool_calls, ev.logprobs)
+            if one_call and delta.tool_calls:
+                # parallel_tool_calls false: the turn ends with its first complete call (OpenAI's "at most one").
+                # Closing the stream cancels the sequence; the runner's own counts are gone with it, so the
+                # metrics are this side's: the prompt as sent and one token per text event.
+                await events.aclose()  # type: ignore[attr-defined]
+                now = time.perf_counter_ns()
+                done = DoneEvent(0, "stop", prompt_tokens=len(prompt.tokens), eval_count=len(raw),
+                                 prompt_eval_ns=t_first - t_loaded, eval_ns=now - t_first,
+                                 tokens=())
+                cut = True
+                break
         assert done is not None
         check_done(done)
         first = done
@@ -248,7 +280,8 @@ class ChatService:
                 if delta or ev.logprobs:
                     yield ChatChunk(delta.content, delta.thinking, delta.tool_calls, ev.logprobs)
             check_done(done)
-        tail = parser.finish()
+        # After a call that ended the turn, what the parser still holds is the start of the text that was cut off.
+        tail = Delta() if cut else parser.finish()
         t_end = time.perf_counter_ns()
         second = done if done is not first else None
         metrics = Metrics(
@@ -260,7 +293,8 @@ class ChatService:
             eval_duration=first.eval_ns + (second.eval_ns + second.prompt_eval_ns if second else 0),
         )
         yield ChatChunk(tail.content, tail.thinking, tail.tool_calls, (), True, done.reason, metrics,
-                        context=prompt.tokens + first.tokens + (second.tokens if second else ()))
+                        context=prompt.tokens + first.tokens + (second.tokens if second else ()),
+                        stop_sequence=done.stop_sequence if done.stop_sequence != THINK_CLOSE else "")
 
     # ---- helpers -----------------------------------------------------------------------------------------
     def parser_for(
@@ -293,6 +327,19 @@ class ChatService:
         from herd.parsing.pipeline import OutputParser
 
         return OutputParser(thinking, tools)
+
+    async def with_logit_bias(self, sampling: SamplingParams, bias: tuple[tuple[int, float], ...], model_path: str
+                              ) -> SamplingParams:
+        """The sampling with a logit bias whose token ids are checked against the model's vocabulary first (a 400
+        before loading, never an index past the logits in the runner)."""
+        if not bias:
+            return sampling
+        tokenizer = await asyncio.to_thread(get_tokenizer, model_path)
+        bad = next((tok for tok, _ in bias if not 0 <= tok < tokenizer.n_vocab), None)
+        if bad is not None:
+            raise InvalidRequest(f"logit_bias: token {bad} is not in the model's vocabulary of "
+                                 f"{tokenizer.n_vocab} tokens")
+        return replace(sampling, logit_bias=bias)
 
     async def special_markers(self, model: ResolvedModel, turn: ChatTurn, model_path: str) -> frozenset[str]:
         """The family's call markers that are one special token in the model's vocabulary (for the constraint)."""

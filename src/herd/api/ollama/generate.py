@@ -10,12 +10,12 @@ from fastapi.responses import Response
 from herd.api.body import read_json
 from herd.api.common import openapi_body, services
 from herd.api.errors import OllamaJSON, ollama_error
+from herd.api.ollama import wire as wire
 from herd.api.streaming import NDJSON, dumps, stream_response, until_disconnect
-from herd.chat import ChatChunk, drain
-from herd.embed import EmbedResult, EmbedService
 from herd.errors import HerdError
-from herd.generate import GenerateService
-from herd.schemas import ollama as wire
+from herd.services.chat import ChatChunk, drain
+from herd.services.embed import EmbedResult, EmbedService
+from herd.services.generate import GenerateService
 
 router = APIRouter()
 

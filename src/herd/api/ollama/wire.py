@@ -288,7 +288,7 @@ class EmbeddingsRequest(BaseModel):
 
 def to_generate_request(req: GenerateRequest) -> Any:
     """Ollama's GenerateHandler order: body, then top_logprobs, then the model name (a bad one is a 404)."""
-    from herd.generate import GenerateRequest as Domain
+    from herd.services.generate import GenerateRequest as Domain
 
     think = parse_think(req.think)
     keep_alive = parse_keep_alive_field(req.keep_alive)
@@ -328,7 +328,7 @@ def embed_inputs(value: object) -> tuple[str, ...]:
 
 
 def to_embed_request(req: EmbedRequest) -> Any:
-    from herd.embed import EmbedRequest as Domain
+    from herd.services.embed import EmbedRequest as Domain
 
     inputs = embed_inputs(req.input)
     keep_alive = parse_keep_alive_field(req.keep_alive)
@@ -344,8 +344,8 @@ def to_embed_request(req: EmbedRequest) -> Any:
 
 def to_embeddings_request(req: EmbeddingsRequest) -> Any:
     """The legacy endpoint: one prompt, a raw (not normalised) vector; a blank model is a 400 here."""
-    from herd.embed import EmbedRequest as Domain
     from herd.registry.names import is_valid_name
+    from herd.services.embed import EmbedRequest as Domain
 
     keep_alive = parse_keep_alive_field(req.keep_alive)
     model = (req.model or "").strip()

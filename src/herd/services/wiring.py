@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from herd.chat import ChatService
 from herd.config import Settings
 from herd.engine.runner import ProcessRunner
-from herd.model_views import ModelViews
 from herd.registry.create import ModelCreator
 from herd.registry.default_model import register_default_model
 from herd.registry.manage import ModelManager
@@ -15,6 +13,8 @@ from herd.registry.models import ModelCatalog
 from herd.registry.store import Store
 from herd.registry.transfer import Transfers
 from herd.scheduler.scheduler import Scheduler
+from herd.services.chat import ChatService
+from herd.services.model_views import ModelViews
 
 
 @dataclass

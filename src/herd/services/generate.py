@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import cast
 
-from herd.chat import ChatChunk, ChatService, decode_images
 from herd.engine.tokenizer import Tokenizer, get_tokenizer
 from herd.errors import CapabilityMissing, EmptyPrompt, InvalidRequest, ModelNotFound, PromptTooLong
 from herd.options import merge, sampling_params
@@ -23,6 +22,7 @@ from herd.prompt.builder import NUM_KEEP, PROMPT_TOO_LONG, THINK_OPEN, Encoder, 
 from herd.prompt.images import ImageTags, encode_with_images
 from herd.registry.models import ResolvedModel
 from herd.registry.names import InvalidName, ModelName
+from herd.services.chat import ChatChunk, ChatService, decode_images
 from herd.types import ChatTurn, Message, Think
 
 RAW_CONFLICT = "raw mode does not support template, system, or context"
@@ -49,6 +49,7 @@ class GenerateRequest:
     truncate: bool = True
     shift: bool = True
     debug_render_only: bool = False
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id of the model's vocabulary, bias) pairs
 
 
 class _WithoutSeeds:
@@ -120,7 +121,8 @@ class GenerateService:
         opts = merge(model.parameters, req.options)
         chat.request_limits.check_options(opts)
         spec = chat.load_spec(model, opts)
-        sampling = sampling_params(opts, chat.limits, shift=req.shift)
+        sampling = await chat.with_logit_bias(sampling_params(opts, chat.limits, shift=req.shift), req.logit_bias,
+                                              spec.model_path)
         turn = self.turn_view(req, think)
         grammar = chat.grammar_for(model, turn, think)
         async with chat.scheduler.lease(ref, spec, req.keep_alive) as loaded:

@@ -15,12 +15,12 @@ from fastapi.responses import Response
 from herd.api.body import check_declared_length, read_json
 from herd.api.common import openapi_body, services
 from herd.api.errors import OllamaJSON, ollama_error
+from herd.api.ollama import models_wire as mwire
+from herd.api.ollama import wire as wire
 from herd.api.streaming import NDJSON, dumps, stream_response, until_disconnect
 from herd.errors import HerdError
 from herd.registry.models import off_loop
 from herd.registry.progress import Progress, iterate_in_thread
-from herd.schemas import ollama as wire
-from herd.schemas import ollama_models as mwire
 
 router = APIRouter()
 

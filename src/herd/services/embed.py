@@ -15,13 +15,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from herd.chat import ChatService
 from herd.engine.protocol import LoadSpec
 from herd.engine.tokenizer import Tokenizer, get_tokenizer
 from herd.errors import InvalidRequest, ModelNotFound, RunnerFailed
 from herd.options import merge
 from herd.registry.models import ResolvedModel
 from herd.registry.names import InvalidName, ModelName
+from herd.services.chat import ChatService
 
 INPUT_TOO_LONG = "the input length exceeds the context length"
 

@@ -17,15 +17,16 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-from herd.chat import ChatChunk, drain
-from herd.embed import EmbedRequest, EmbedResult
+from herd.api.ollama import wire as native
+from herd.api.openai import wire
 from herd.errors import InvalidRequest, LimitExceeded, ModelNotFound
-from herd.generate import GenerateRequest
 from herd.parsing.base import ToolCall
 from herd.registry.models import ModelCatalog
 from herd.registry.names import ModelName
-from herd.schemas import ollama as native
-from herd.schemas import openai as wire
+from herd.services.chat import ChatChunk
+from herd.services.choices import MAX_CHOICES, drain_all
+from herd.services.embed import EmbedRequest, EmbedResult
+from herd.services.generate import GenerateRequest
 from herd.types import ChatTurn, Message, Think, ToolCallIn
 
 # reasoning_effort / reasoning.effort -> native think (spec 9.1)
@@ -256,17 +257,56 @@ def _tool_choice(choice: object, tool_names: list[str]) -> tuple[bool, str | Non
     return True, forced
 
 
+def _refuse_unsupported(req: wire.ChatCompletionRequest) -> None:
+    """Fields that ask for something herd cannot do are a 400 naming them, never a quiet answer without them."""
+    if req.audio is not None or (req.modalities and any(m != "text" for m in req.modalities)):
+        raise InvalidRequest("Invalid value for 'modalities': herd generates text only (no audio output)")
+    if req.web_search_options is not None:
+        raise InvalidRequest("'web_search_options' is not supported: herd has no web search")
+    if req.functions is not None or req.function_call is not None:
+        raise InvalidRequest("'functions' and 'function_call' are deprecated and not supported: use 'tools' and "
+                             "'tool_choice'")
+
+
+def choice_count(n: int | None) -> int:
+    """`n`: how many choices to generate (1 when not given)."""
+    if n is None:
+        return 1
+    if not 1 <= n <= MAX_CHOICES:
+        raise InvalidRequest(f"Invalid value for 'n': {n} (must be between 1 and {MAX_CHOICES})")
+    return n
+
+
+def logit_bias(raw: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    """OpenAI's logit_bias: token ids (as strings) of the model's own vocabulary, each biased by -100..100. The
+    ids are checked against the vocabulary by the chat service, once the model is known."""
+    out = []
+    for key, value in (raw or {}).items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise InvalidRequest(f"Invalid key in 'logit_bias': {key!r} is not a token id") from None
+        if not -100 <= value <= 100:
+            raise InvalidRequest(f"Invalid value in 'logit_bias' for token {key}: {value} (must be between -100 and "
+                                 "100)")
+        out.append((token, float(value)))
+    return tuple(out)
+
+
 def chat_turn(req: wire.ChatCompletionRequest) -> ChatTurn:
     """Spec 9.1, in Ollama's order: messages present, then message content, then the native checks."""
     if not req.messages:
         raise InvalidRequest("[] is too short - 'messages'")
+    _refuse_unsupported(req)
     messages = _messages(req.messages)
     options: dict[str, object] = {}
     stop = _stop(req.stop, strict=False)
     if stop is not None:
         options["stop"] = stop
-    if req.max_tokens is not None:
-        options["num_predict"] = req.max_tokens  # max_completion_tokens is not read, as in Ollama
+    # Newer SDKs send max_completion_tokens (Ollama ignores it; herd reads it, before the deprecated max_tokens).
+    limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    if limit is not None:
+        options["num_predict"] = limit
     options["temperature"] = req.temperature if req.temperature is not None else 1.0  # OpenAI's default
     if req.seed is not None:
         options["seed"] = req.seed
@@ -293,6 +333,8 @@ def chat_turn(req: wire.ChatCompletionRequest) -> ChatTurn:
         top_logprobs=top,
         debug_render_only=bool(req.debug_render_only),
         force_tool=force_tool,
+        parallel_tool_calls=req.parallel_tool_calls is not False,
+        logit_bias=logit_bias(req.logit_bias),
     )
 
 
@@ -317,21 +359,26 @@ def _debug_info(chunk: ChatChunk, image_count: int) -> dict[str, object]:
     return {"rendered_template": chunk.debug_prompt, "image_count": image_count}
 
 
-async def chat_completion(model: str, chunks: AsyncIterator[ChatChunk], with_tools: bool, image_count: int = 0
-                          ) -> dict[str, object]:
-    """stream:false: the whole stream drained into one chat.completion."""
-    last = await drain(chunks)
-    if last.debug_prompt is not None:
+def _usage(lasts: list[ChatChunk]) -> dict[str, int]:
+    """The prompt once (every choice reads the same prompt), the completions of all choices together."""
+    metrics = [c.metrics for c in lasts if c.metrics is not None]
+    return wire.usage_json(metrics[0].prompt_eval_count if metrics else 0, sum(m.eval_count for m in metrics))
+
+
+async def chat_completion(model: str, streams: list[AsyncIterator[ChatChunk]], with_tools: bool,
+                          image_count: int = 0) -> dict[str, object]:
+    """stream:false: each choice's stream drained (all at once) into one chat.completion."""
+    lasts = await drain_all(streams)
+    if lasts[0].debug_prompt is not None:
         return wire.chat_completion_json(new_id("chatcmpl"), int(time.time()), model,
-                                         wire.message_json("", "", ()), None, wire.usage_json(0, 0),
-                                         debug_info=_debug_info(last, image_count))
-    metrics = last.metrics
-    usage = wire.usage_json(metrics.prompt_eval_count if metrics else 0, metrics.eval_count if metrics else 0)
-    tool_calls = last.tool_calls if with_tools else ()
-    return wire.chat_completion_json(
-        new_id("chatcmpl"), int(time.time()), model, wire.message_json(last.content, last.thinking, tool_calls),
-        _finish_reason(last.done_reason, bool(tool_calls)), usage, last.logprobs,
-    )
+                                         [wire.choice_json(0, wire.message_json("", "", ()), None)],
+                                         wire.usage_json(0, 0), debug_info=_debug_info(lasts[0], image_count))
+    choices = []
+    for i, last in enumerate(lasts):
+        tool_calls = last.tool_calls if with_tools else ()
+        choices.append(wire.choice_json(i, wire.message_json(last.content, last.thinking, tool_calls),
+                                        _finish_reason(last.done_reason, bool(tool_calls)), last.logprobs))
+    return wire.chat_completion_json(new_id("chatcmpl"), int(time.time()), model, choices, _usage(lasts))
 
 
 class ChatStream:
@@ -339,20 +386,23 @@ class ChatStream:
     content/tool calls in separate chunks, complete tool calls, then a finish chunk and an optional usage chunk.
     Every chunk of a stream shares the first chunk's id and `created`."""
 
-    def __init__(self, model: str, include_usage: bool, image_count: int = 0) -> None:
+    def __init__(self, model: str, include_usage: bool, image_count: int = 0, n: int = 1) -> None:
         self.model = model
         self.include_usage = include_usage
         self.image_count = image_count
         self.id = new_id("chatcmpl")
         self.created = int(time.time())
-        self.role_sent = False
-        self.saw_tool_calls = False
+        # Per choice (n > 1 interleaves the choices' chunks, each tagged with its index).
+        self.role_sent = [False] * n
+        self.saw_tool_calls = [False] * n
+        self.lasts: list[ChatChunk] = []
 
-    def _delta(self, content: str, reasoning: str = "", calls: tuple[ToolCall, ...] = ()) -> dict[str, object]:
+    def _delta(self, index: int, content: str, reasoning: str = "", calls: tuple[ToolCall, ...] = ()
+               ) -> dict[str, object]:
         delta: dict[str, object] = {}
-        if not self.role_sent:
+        if not self.role_sent[index]:
             delta["role"] = "assistant"
-            self.role_sent = True
+            self.role_sent[index] = True
         delta["content"] = content
         if reasoning:
             delta["reasoning"] = reasoning
@@ -360,28 +410,28 @@ class ChatStream:
             delta["tool_calls"] = [wire.tool_call_json(c) for c in calls]
         return delta
 
-    def events(self, chunk: ChatChunk) -> list[dict[str, object]]:
+    def events(self, chunk: ChatChunk, index: int = 0) -> list[dict[str, object]]:
         if chunk.debug_prompt is not None:
-            return [wire.chat_completion_json(self.id, self.created, self.model, wire.message_json("", "", ()),
-                                              None, wire.usage_json(0, 0),
-                                              debug_info=_debug_info(chunk, self.image_count))]
+            return [wire.chat_completion_json(self.id, self.created, self.model,
+                                              [wire.choice_json(0, wire.message_json("", "", ()), None)],
+                                              wire.usage_json(0, 0), debug_info=_debug_info(chunk, self.image_count))]
         out = []
         if chunk.thinking:
-            out.append(wire.chat_chunk_json(self.id, self.created, self.model, self._delta("", chunk.thinking),
-                                            None))
+            out.append(wire.chat_chunk_json(self.id, self.created, self.model, self._delta(index, "", chunk.thinking),
+                                            None, index=index))
         if chunk.content or chunk.tool_calls or chunk.logprobs:
-            self.saw_tool_calls |= bool(chunk.tool_calls)
+            self.saw_tool_calls[index] |= bool(chunk.tool_calls)
             out.append(wire.chat_chunk_json(self.id, self.created, self.model,
-                                            self._delta(chunk.content, calls=chunk.tool_calls), None,
-                                            chunk.logprobs))
+                                            self._delta(index, chunk.content, calls=chunk.tool_calls), None,
+                                            chunk.logprobs, index=index))
         if chunk.done:
             out.append(wire.chat_chunk_json(self.id, self.created, self.model, {},
-                                            _finish_reason(chunk.done_reason, self.saw_tool_calls)))
-            if self.include_usage:
-                m = chunk.metrics
-                usage = wire.usage_json(m.prompt_eval_count if m else 0, m.eval_count if m else 0)
+                                            _finish_reason(chunk.done_reason, self.saw_tool_calls[index]),
+                                            index=index))
+            self.lasts.append(chunk)
+            if self.include_usage and len(self.lasts) == len(self.role_sent):  # after the last choice ends
                 out.append(wire.usage_chunk_json(self.id, self.created, self.model, "chat.completion.chunk",
-                                                 usage))
+                                                 _usage(self.lasts)))
         return out
 
 
@@ -405,6 +455,10 @@ def completion_request(req: wire.CompletionRequest) -> GenerateRequest:
     n = req.logprobs if req.logprobs is not None and req.logprobs > 0 else 0
     if n > 20:
         raise InvalidRequest("top_logprobs must be between 0 and 20")  # the native check it becomes
+    if req.echo:
+        raise InvalidRequest("'echo' is not supported: the prompt is not returned with the completion")
+    if req.best_of is not None and req.best_of != 1:
+        raise InvalidRequest("Invalid value for 'best_of': only 1 is supported (use 'n' for several completions)")
     return GenerateRequest(
         model=(req.model or "").strip(),
         prompt=req.prompt or "",
@@ -413,45 +467,48 @@ def completion_request(req: wire.CompletionRequest) -> GenerateRequest:
         logprobs=n > 0,
         top_logprobs=n,
         debug_render_only=bool(req.debug_render_only),
+        logit_bias=logit_bias(req.logit_bias),
     )
 
 
-def _usage_of(chunk: ChatChunk) -> dict[str, int]:
-    m = chunk.metrics
-    return wire.usage_json(m.prompt_eval_count if m else 0, m.eval_count if m else 0)
-
-
-async def completion(model: str, chunks: AsyncIterator[ChatChunk]) -> dict[str, object]:
-    last = await drain(chunks)
-    if last.debug_prompt is not None:
-        doc = wire.completion_json(new_id("cmpl"), int(time.time()), model, "", None, wire.usage_json(0, 0))
-        doc["_debug_info"] = _debug_info(last, 0)
+async def completion(model: str, streams: list[AsyncIterator[ChatChunk]]) -> dict[str, object]:
+    lasts = await drain_all(streams)
+    if lasts[0].debug_prompt is not None:
+        doc = wire.completion_json(new_id("cmpl"), int(time.time()), model, [wire.text_choice_json(0, "", None)],
+                                   wire.usage_json(0, 0))
+        doc["_debug_info"] = _debug_info(lasts[0], 0)
         return doc
-    return wire.completion_json(new_id("cmpl"), int(time.time()), model, last.content,
-                                last.done_reason or None, _usage_of(last), last.logprobs)
+    return wire.completion_json(new_id("cmpl"), int(time.time()), model,
+                                [wire.text_choice_json(i, last.content, last.done_reason or None, last.logprobs)
+                                 for i, last in enumerate(lasts)], _usage(lasts))
 
 
 class CompletionStream:
     """Each native chunk is one text_completion object; the last one carries finish_reason. With
     include_usage every chunk carries zeroed usage and a usage-only chunk follows the last (Ollama)."""
 
-    def __init__(self, model: str, include_usage: bool) -> None:
+    def __init__(self, model: str, include_usage: bool, n: int = 1) -> None:
         self.model = model
         self.include_usage = include_usage
         self.id = new_id("cmpl")
         self.created = int(time.time())
+        self.n = n
+        self.lasts: list[ChatChunk] = []
 
-    def events(self, chunk: ChatChunk) -> list[dict[str, object]]:
+    def events(self, chunk: ChatChunk, index: int = 0) -> list[dict[str, object]]:
         if chunk.debug_prompt is not None:
-            doc = wire.completion_json(self.id, self.created, self.model, "", None, None)
+            doc = wire.completion_json(self.id, self.created, self.model, [wire.text_choice_json(0, "", None)], None)
             doc["_debug_info"] = _debug_info(chunk, 0)
             return [doc]
         zero = wire.usage_json(0, 0) if self.include_usage else None
-        out = [wire.completion_json(self.id, self.created, self.model, chunk.content,
-                                    (chunk.done_reason or None) if chunk.done else None, zero, chunk.logprobs)]
-        if chunk.done and self.include_usage:
-            out.append(wire.usage_chunk_json(self.id, self.created, self.model, "text_completion",
-                                             _usage_of(chunk)))
+        reason = (chunk.done_reason or None) if chunk.done else None
+        out = [wire.completion_json(self.id, self.created, self.model,
+                                    [wire.text_choice_json(index, chunk.content, reason, chunk.logprobs)], zero)]
+        if chunk.done:
+            self.lasts.append(chunk)
+            if self.include_usage and len(self.lasts) == self.n:
+                out.append(wire.usage_chunk_json(self.id, self.created, self.model, "text_completion",
+                                                 _usage(self.lasts)))
         return out
 
 

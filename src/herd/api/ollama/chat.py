@@ -12,11 +12,11 @@ from herd import __version__
 from herd.api.body import read_json
 from herd.api.common import openapi_body, services
 from herd.api.errors import OllamaJSON, ollama_error
+from herd.api.ollama import wire as wire
 from herd.api.streaming import NDJSON, dumps, stream_response, until_disconnect
-from herd.chat import ChatChunk, drain
 from herd.errors import HerdError, InvalidRequest
 from herd.registry.models import off_loop
-from herd.schemas import ollama as wire
+from herd.services.chat import ChatChunk, drain
 
 router = APIRouter()
 
