@@ -332,3 +332,26 @@ def test_unknown_parser_or_renderer_is_refused_at_create(fam_http: httpx.Client,
     assert r.status_code == 400
     assert r.json()["error"].startswith(f'{field.upper()} "no-such-family" is not supported by herd (known: ')
     assert fam_http.post("/api/show", json={"model": "families/unknown:latest"}).status_code == 404
+
+
+@pytest.mark.parametrize("route", ["/api/chat", "/api/generate"])
+def test_think_max_maps_onto_the_family_level(fam_http: httpx.Client, route: str) -> None:
+    """think "max" (Ollama 0.22) is accepted on both native routes and reaches the family as its top level:
+    Harmony's highest reasoning effort is "high", and Qwen's switch is just on. Rendered only: what the model does
+    with it is not a 135M model's to show."""
+    def render(family: str, think: object) -> str:
+        body: dict[str, Any] = {"model": model_of(family), "think": think, "_debug_render_only": True,
+                                "stream": False}
+        if route == "/api/chat":
+            body["messages"] = ASK
+        else:
+            body["prompt"] = ASK[0]["content"]
+        r = fam_http.post(route, json=body)
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        return str(doc.get("_debug_info", doc).get("rendered_template", ""))
+
+    top = render("harmony", "max")
+    assert "Reasoning: high" in top and top == render("harmony", "high")
+    assert "Reasoning: low" in render("harmony", "low")
+    assert render("qwen3", "max") == render("qwen3", True)
