@@ -22,6 +22,15 @@ class ModelNotFound(HerdError):
     """No such model in the store (404)."""
 
 
+class ResponseNotFound(HerdError):
+    """`previous_response_id` (or `GET /v1/responses/{id}`) names a response that is not kept: never stored
+    (`store: false`), expired, evicted, or unknown (404)."""
+
+    def __init__(self, response_id: str) -> None:
+        super().__init__(f"Previous response with id '{response_id}' not found.")
+        self.response_id = response_id
+
+
 class CapabilityMissing(InvalidRequest):
     """The model lacks tools, thinking, vision, insert, ... (400)."""
 

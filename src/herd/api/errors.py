@@ -16,6 +16,7 @@ from herd.errors import (
     PromptTooLong,
     RegistryError,
     RequestCancelled,
+    ResponseNotFound,
     RunnerFailed,
     ServerBusy,
     ShuttingDown,
@@ -31,6 +32,7 @@ _STATUS: tuple[tuple[type[HerdError], int], ...] = (
     (NotImplementedFeature, 400),
     (InvalidRequest, 400),
     (ModelNotFound, 404),
+    (ResponseNotFound, 404),  # OpenAI answers 400; a missing resource is a 404 on herd (issue 15)
     (InvalidFormat, 500),  # Ollama raises it at generation time, before output
     (ServerBusy, 503),
     (ShuttingDown, 503),
@@ -66,9 +68,12 @@ def ollama_error_text(status: int, message: str) -> OllamaJSON:
     return OllamaJSON({"error": message}, status_code=status)
 
 
-def openai_error_body(status: int, message: str) -> dict[str, object]:
-    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
-    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+def openai_error_body(status: int, message: str, param: str | None = None, code: str | None = None,
+                      kind: str | None = None) -> dict[str, object]:
+    """`param`, `code` and `kind` (the error's `type`) are optional: by default the type follows the status and
+    the others are null."""
+    kind = kind or {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 class OpenAIJSON(OllamaJSON):

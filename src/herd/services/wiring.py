@@ -15,6 +15,7 @@ from herd.registry.transfer import Transfers
 from herd.scheduler.scheduler import Scheduler
 from herd.services.chat import ChatService
 from herd.services.model_views import ModelViews
+from herd.services.response_store import ResponseStore
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Services:
     manager: ModelManager  # blobs, copy, delete
     creator: ModelCreator  # /api/create
     transfers: Transfers  # /api/pull, /api/push
+    responses: ResponseStore  # /v1/responses kept for previous_response_id
 
 
 def build_services(settings: Settings, runner_factory: object = None) -> Services:
@@ -52,4 +54,5 @@ def build_services(settings: Settings, runner_factory: object = None) -> Service
         manager=ModelManager(store),
         creator=ModelCreator(store),
         transfers=Transfers(store),
+        responses=ResponseStore(settings.responses_max, settings.responses_ttl_s),
     )

@@ -30,7 +30,7 @@ from herd.services.generate import GenerateRequest
 from herd.types import ChatTurn, Message, Think, ToolCallIn
 
 # reasoning_effort / reasoning.effort -> native think (spec 9.1)
-_EFFORT: dict[str, Think] = {
+EFFORT: dict[str, Think] = {
     "none": Think(False),
     "minimal": Think(True, "low"),
     "low": Think(True, "low"),
@@ -40,7 +40,7 @@ _EFFORT: dict[str, Think] = {
     "xhigh": Think(True, "max"),
     "ultra": Think(True, "max"),
 }
-_EFFORT_ERROR = ('invalid reasoning value: "{}" (must be "minimal", "low", "medium", "high", "xhigh", "ultra", '
+EFFORT_ERROR = ('invalid reasoning value: "{}" (must be "minimal", "low", "medium", "high", "xhigh", "ultra", '
                  '"max", or "none")')
 _IMAGE_PREFIXES = tuple(f"data:image/{t};base64," for t in ("jpeg", "jpg", "png", "webp", "gif", "bmp"))
 # Ollama's text, word for word (clients match it); HERD_ALLOW_IMAGE_URLS=1 lets the server fetch them instead.
@@ -69,7 +69,7 @@ def new_id(prefix: str) -> str:
 # ---- chat.completions: request ------------------------------------------------------------------------------
 
 
-def _remote(url: object) -> bool:
+def is_remote(url: object) -> bool:
     return isinstance(url, str) and url.startswith(("http://", "https://"))
 
 
@@ -95,13 +95,13 @@ async def fetch_remote_images(req: wire.ChatCompletionRequest, max_bytes: int, m
     for part in parts:
         spec = part.get("image_url")
         url = spec.get("url") if isinstance(spec, dict) else spec
-        if _remote(url):
+        if is_remote(url):
             data = await fetch_image(str(url), max_bytes)
             part["image_url"] = {"url": "data:;base64," + base64.b64encode(data).decode()}
 
 
-def _image(url: str) -> bytes:
-    if _remote(url):
+def image_bytes(url: str) -> bytes:
+    if is_remote(url):
         raise InvalidRequest(IMAGE_URLS_REFUSED)
     if url.startswith("data:;base64,"):  # a blank MIME type, like the native API's bare base64
         data = url[len("data:;base64,"):]
@@ -116,7 +116,7 @@ def _image(url: str) -> bytes:
         raise InvalidRequest("invalid image input") from None
 
 
-def _no_constant(name: str) -> object:
+def no_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")  # NaN and Infinity: Python's json reads them, Go's does not
 
 
@@ -124,7 +124,7 @@ def _tool_calls(calls: list[wire.ToolCallIn] | None) -> tuple[ToolCallIn, ...]:
     out = []
     for i, call in enumerate(calls or ()):
         try:
-            args = json.loads(call.function.arguments, parse_constant=_no_constant) if call.function.arguments else {}
+            args = json.loads(call.function.arguments, parse_constant=no_constant) if call.function.arguments else {}
         except (ValueError, RecursionError):  # RecursionError: a string of thousands of nested brackets
             raise InvalidRequest("invalid tool call arguments") from None
         if not isinstance(args, dict):
@@ -184,7 +184,7 @@ def _content_part(role: str, part: object) -> Message:
         url = spec.get("url") if isinstance(spec, dict) else spec
         if not isinstance(url, str):
             raise InvalidRequest("invalid message format")
-        return Message(role=role, images=(_image(url),))
+        return Message(role=role, images=(image_bytes(url),))
     if kind == "input_audio":
         audio = part.get("input_audio")
         data = audio.get("data") if isinstance(audio, dict) else None
@@ -217,9 +217,9 @@ def _think(req: wire.ChatCompletionRequest) -> Think | None:
     effort = req.reasoning.effort if req.reasoning is not None else req.reasoning_effort
     if not effort:
         return None  # the model's default
-    think = _EFFORT.get(effort)
+    think = EFFORT.get(effort)
     if think is None:
-        raise InvalidRequest(_EFFORT_ERROR.format(effort))
+        raise InvalidRequest(EFFORT_ERROR.format(effort))
     return think
 
 
@@ -234,7 +234,7 @@ def _format(rf: wire.ResponseFormat | None) -> object:
     return None  # "text" and unknown types: unconstrained
 
 
-def _tool_choice(choice: object, tool_names: list[str]) -> tuple[bool, str | None]:
+def tool_choice(choice: object, tool_names: list[str]) -> tuple[bool, str | None]:
     """(keep tools, force_tool). OpenAI's tool_choice, which Ollama ignores, maps onto the constraint:
     "required" forces some call, a named function forces that one, "none" hides the tools from the model."""
     if choice is None or choice == "auto":
@@ -317,11 +317,11 @@ def chat_turn(req: wire.ChatCompletionRequest) -> ChatTurn:
     options["top_p"] = req.top_p if req.top_p is not None else 1.0
     think = _think(req)
     tools = native.tool_defs(req.tools)
-    keep_tools, force_tool = _tool_choice(req.tool_choice, [t.name for t in tools])
+    keep_tools, force_tool = tool_choice(req.tool_choice, [t.name for t in tools])
     top = req.top_logprobs or 0
     if not 0 <= top <= 20:
         raise InvalidRequest("top_logprobs must be between 0 and 20")
-    model = _model_name(req.model)
+    model = model_name(req.model)
     return ChatTurn(
         model=model,
         messages=messages,
@@ -338,7 +338,7 @@ def chat_turn(req: wire.ChatCompletionRequest) -> ChatTurn:
     )
 
 
-def _model_name(raw: str | None) -> str:
+def model_name(raw: str | None) -> str:
     model = (raw or "").strip()
     if not model:
         raise InvalidRequest("model is required")
