@@ -12,10 +12,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from herd import __version__
 from herd.api import loop_probe
+from herd.api.anthropic import routes as anthropic_routes
 from herd.api.guard import Drain, GuardMiddleware, is_loopback_host
 from herd.api.ollama import chat as ollama_chat
 from herd.api.ollama import generate as ollama_generate
 from herd.api.ollama import models as ollama_models
+from herd.api.openai import responses_routes as openai_responses
 from herd.api.openai import routes as openai_routes
 from herd.api.openapi import install as install_openapi
 from herd.config import Settings
@@ -50,6 +52,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(ollama_generate.router)
     app.include_router(ollama_models.router)
     app.include_router(openai_routes.router)
+    app.include_router(openai_responses.router)
+    app.include_router(anthropic_routes.router)
     loop_probe.install(app)  # only with HERD_LOOP_PROBE=1: bench/loop_lag.py reads the loop's worst stall
 
     install_openapi(app)  # /openapi.json: nested body schemas under components, one operationId per method
