@@ -38,6 +38,9 @@ class Think:
 
     enabled: bool
     level: str = ""  # "low" | "medium" | "high" | "max" | ""
+    # A preference, not a demand (Anthropic's adaptive thinking with an effort): a model that cannot think
+    # answers without thinking instead of refusing.
+    optional: bool = False
 
 
 @dataclass(frozen=True)

@@ -257,3 +257,25 @@ def test_errors_through_the_sdk(client: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.NotFoundError), client.messages.stream(model="no-such-model:1b", max_tokens=4,
                                                                          messages=QUESTION) as stream:
         stream.get_final_message()
+
+
+def test_claude_code_request_shape_on_a_model_without_thinking(http: httpx.Client) -> None:
+    """What Claude Code 2.1 sends with every turn (captured from it): adaptive thinking with an effort, context
+    management that clears thinking, a metadata user id, `?beta=true`. On a model without thinking the effort is
+    a preference, so the turn is answered (not refused), streamed as Claude Code asks."""
+    body = {"model": MODEL, "max_tokens": 8, "stream": True, "temperature": 0, "messages": QUESTION,
+            "system": [{"type": "text", "text": "You are a coding agent.", "cache_control": {"type": "ephemeral"}}],
+            "thinking": {"type": "adaptive"}, "output_config": {"effort": "high"},
+            "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+            "metadata": {"user_id": "{\"device_id\":\"d\"}"}}
+    resp = http.post("/v1/messages?beta=true", json=body, headers={"anthropic-version": "2023-06-01",
+                                                                    "anthropic-beta": "claude-code-20250219"})
+    assert resp.status_code == 200, resp.text
+    events = sse(resp)
+    assert events[0][0] == "message_start" and events[-1][0] == "message_stop"
+    assert not any(name == "content_block_start" and data["content_block"]["type"] == "thinking"
+                   for name, data in events)
+    # Asked to think explicitly, the same model is refused, as Anthropic refuses thinking on a model without it.
+    refused = http.post("/v1/messages", json={**body, "stream": False,
+                                              "thinking": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 2048})
+    assert refused.status_code == 400 and refused.json()["error"]["type"] == "invalid_request_error"

@@ -166,6 +166,8 @@ class ChatService:
         if "thinking" in caps:
             if think is None:
                 think = Think(True)  # current Ollama: thinking models think unless told not to
+        elif think is not None and think.enabled and think.optional:
+            think = None
         elif think is not None and think.enabled:
             raise CapabilityMissing(f'"{sent_name}" does not support thinking')
         return think

@@ -319,8 +319,8 @@ def test_thinking_budget_maps_onto_a_level(budget: int, level: str) -> None:
 def test_thinking_types_and_errors() -> None:
     assert turn(thinking={"type": "disabled"}).think == Think(False)
     assert turn(thinking={"type": "adaptive"}).think is None  # the model decides
-    assert turn(thinking={"type": "adaptive"}, output_config={"effort": "high"}).think == Think(True, "high")
-    assert turn(output_config={"effort": "low"}).think == Think(True, "low")
+    assert turn(thinking={"type": "adaptive"}, output_config={"effort": "high"}).think == Think(True, "high", optional=True)
+    assert turn(output_config={"effort": "low"}).think == Think(True, "low", optional=True)
     assert refused(thinking={"type": "enabled"}) == "thinking.enabled.budget_tokens: Field required"
     assert refused(max_tokens=5000, thinking={"type": "enabled", "budget_tokens": 100}) == \
         "thinking.budget_tokens: Input should be greater than or equal to 1024"
@@ -329,7 +329,7 @@ def test_thinking_types_and_errors() -> None:
     assert refused(max_tokens=5000, thinking={"type": "enabled", "budget_tokens": 2000}, tools=[TOOL],
                    tool_choice={"type": "any"}) == "thinking may not be enabled when tool_choice forces tool use"
     assert refused(thinking={"type": "on"}) == "thinking.type: Input should be 'enabled', 'disabled' or 'adaptive'"
-    assert turn(output_config={"effort": "xhigh"}).think == Think(True, "max")
+    assert turn(output_config={"effort": "xhigh"}).think == Think(True, "max", optional=True)
     assert refused(output_config={"effort": "extreme"}) == \
         "output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'"
     assert refused(thinking={"type": "between_tools"}) == \

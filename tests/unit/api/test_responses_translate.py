@@ -280,10 +280,10 @@ def test_a_typical_codex_request_is_accepted() -> None:
 
 @pytest.mark.parametrize(("body", "message", "param"), [
     ({"tools": [{"type": "web_search"}]},
-     "Tools of type 'web_search' are not supported by herd: only 'function' tools are ('tools[0].type').",
+     "Tools of type 'web_search' are not supported by herd: only 'function' tools (alone or in a 'namespace') are ('tools[0].type').",
      "tools[0].type"),
     ({"tools": [WEATHER, {"type": "mcp", "server_label": "x"}]},
-     "Tools of type 'mcp' are not supported by herd: only 'function' tools are ('tools[1].type').", "tools[1].type"),
+     "Tools of type 'mcp' are not supported by herd: only 'function' tools (alone or in a 'namespace') are ('tools[1].type').", "tools[1].type"),
     ({"tools": [{"type": "function", "function": {"name": "chat_style"}}]},
      "Missing required parameter: 'tools[0].name'.", "tools[0].name"),
     ({"tools": [WEATHER], "tool_choice": {"type": "file_search"}},
@@ -561,3 +561,21 @@ def test_a_store_with_no_room_keeps_nothing(size: int, ttl: float) -> None:
 
 def test_errors_are_typed() -> None:
     assert issubclass(R.InvalidParam, InvalidRequest)
+
+
+def test_namespace_tools_are_functions_the_model_sees_and_calls_carry_the_namespace() -> None:
+    """Codex groups its sub-agent tools in a `namespace` tool: its functions are offered as plain functions, and a
+    call of one comes back with `namespace` set (the SDK's field), one of a plain function without it."""
+    spawn = {"type": "function", "name": "spawn_agent", "description": "Start an agent",
+             "parameters": {"type": "object", "properties": {"task": {"type": "string"}}}}
+    tools = [WEATHER, {"type": "namespace", "name": "multi_agent_v1", "description": "Agents", "tools": [spawn]}]
+    p = plan(tools=tools)
+    assert [t.name for t in p.turn.tools] == ["weather", "spawn_agent"]
+    assert p.namespaces == {"spawn_agent": "multi_agent_v1"}
+    stream, _ = run([ChatChunk(tool_calls=(ToolCall("spawn_agent", {"task": "x"}, 0, "call_1"), CALL)),
+                     ChatChunk(done=True, done_reason="stop", metrics=metrics())], tools=tools)
+    calls = [o for o in output(stream) if o["type"] == "function_call"]
+    assert [c.get("namespace") for c in calls] == ["multi_agent_v1", None]
+    assert refused(tools=[{"type": "namespace", "name": "n", "tools": [{"type": "custom", "name": "c"}]}]).param \
+        == "tools[0].tools[0].type"
+    assert "already defined" in refused(tools=[WEATHER, {"type": "namespace", "name": "n", "tools": [WEATHER]}]).message

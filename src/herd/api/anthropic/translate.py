@@ -221,8 +221,9 @@ def _think(thinking: wire.ThinkingConfig | None, config: wire.OutputConfig | Non
     """None leaves it to the model (thinking models think, others do not)."""
     effort = _EFFORT[config.effort] if config is not None and config.effort is not None else None
     if thinking is None or thinking.type == "adaptive":
-        # Adaptive thinking lets the model decide; an effort level, where given, sets how hard it thinks.
-        return Think(True, effort) if effort else None
+        # Adaptive thinking lets the model decide; an effort level, where given, sets how hard a model that
+        # thinks does (Claude Code sends one with every request: a model without thinking just answers).
+        return Think(True, effort, optional=True) if effort else None
     if thinking.type == "disabled":
         # An effort level with thinking off has nothing left to set here: herd maps effort onto thinking only.
         return Think(False)

@@ -69,6 +69,7 @@ class ResponsePlan:
     echo: wire.Echo
     store: bool = True
     logprobs: bool = False
+    namespaces: dict[str, str] = field(default_factory=dict)  # function name -> its `namespace` tool's name
 
 
 def _image_parts(req: wire.ResponsesRequest) -> list[dict[str, Any]]:
@@ -240,16 +241,39 @@ def input_messages(items: str | list[dict[str, Any]] | None, earlier: tuple[Mess
     return tuple(out)
 
 
-def _tools(tools: list[dict[str, Any]] | None) -> tuple[tuple[ToolDef, ...], tuple[dict[str, object], ...]]:
-    """Function tools -> ToolDefs (through the chat completions shape the templates see) and their echo."""
-    raw: list[dict[str, Any]] = []
-    echo: list[dict[str, object]] = []
+def _flat_tools(tools: list[dict[str, Any]] | None) -> list[tuple[str, str, dict[str, Any]]]:
+    """(where, namespace, function tool) for every function tool, those grouped in a `namespace` tool (as Codex
+    sends its sub-agent tools) included: the model sees them as plain functions, and a call of one is answered
+    with its namespace."""
+    out: list[tuple[str, str, dict[str, Any]]] = []
     for i, tool in enumerate(tools or ()):
         where = f"tools[{i}]"
         kind = tool.get("type")
-        if kind != "function":
-            raise InvalidParam(f"Tools of type '{kind}' are not supported by herd: only 'function' tools are "
-                               f"('{where}.type').", f"{where}.type")
+        if kind == "namespace" and isinstance(tool.get("name"), str) and isinstance(tool.get("tools"), list):
+            for j, inner in enumerate(tool["tools"]):
+                inner_where = f"{where}.tools[{j}]"
+                if not isinstance(inner, dict) or inner.get("type") != "function":
+                    kind = inner.get("type") if isinstance(inner, dict) else None
+                    raise InvalidParam(f"Tools of type '{kind}' are not supported by herd: only 'function' tools "
+                                       f"are ('{inner_where}.type').", f"{inner_where}.type")
+                out.append((inner_where, tool["name"], inner))
+        elif kind != "function":
+            raise InvalidParam(f"Tools of type '{kind}' are not supported by herd: only 'function' tools (alone or "
+                               f"in a 'namespace') are ('{where}.type').", f"{where}.type")
+        else:
+            out.append((where, "", tool))
+    return out
+
+
+def _tools(tools: list[dict[str, Any]] | None
+           ) -> tuple[tuple[ToolDef, ...], tuple[dict[str, object], ...], dict[str, str]]:
+    """Function tools -> ToolDefs (through the chat completions shape the templates see), their echo, and the
+    namespace of each namespaced function."""
+    raw: list[dict[str, Any]] = []
+    echo: list[dict[str, object]] = []
+    namespaces: dict[str, str] = {}
+    seen: set[str] = set()
+    for where, namespace, tool in _flat_tools(tools):
         name = tool.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidParam(f"Missing required parameter: '{where}.name'.", f"{where}.name")
@@ -266,10 +290,16 @@ def _tools(tools: list[dict[str, Any]] | None) -> tuple[tuple[ToolDef, ...], tup
         function["parameters"] = params if params is not None else {"type": "object", "properties": {}}
         if strict is not None:
             function["strict"] = strict
+        if name in seen:
+            raise InvalidParam(f"Invalid value for '{where}.name': a tool named '{name}' is already defined.",
+                               f"{where}.name")
+        seen.add(name)
+        if namespace:
+            namespaces[name] = namespace
         raw.append({"type": "function", "function": function})
         echo.append({"type": "function", "description": desc, "name": name, "parameters": params,
                      "strict": True if strict is None else strict})  # strict is the Responses default
-    return native.tool_defs(raw), tuple(echo)
+    return native.tool_defs(raw), tuple(echo), namespaces
 
 
 def _choice(choice: str | dict[str, Any] | None, tools: tuple[ToolDef, ...]
@@ -347,7 +377,7 @@ def plan(req: wire.ResponsesRequest, earlier: tuple[Message, ...] = ()) -> Respo
     messages = history
     if req.instructions:
         messages = (Message(role="system", content=req.instructions), *history)
-    all_tools, tools_echo = _tools(req.tools)
+    all_tools, tools_echo, namespaces = _tools(req.tools)
     tools, force_tool = _choice(req.tool_choice, all_tools)
     fmt, format_echo = _text_format(req.text)
     think, reasoning_echo = _reasoning(req)
@@ -395,7 +425,7 @@ def plan(req: wire.ResponsesRequest, earlier: tuple[Message, ...] = ()) -> Respo
         user=req.user,
         metadata=req.metadata,
     )
-    return ResponsePlan(turn, history, echo, store, logprobs)
+    return ResponsePlan(turn, history, echo, store, logprobs, namespaces)
 
 
 # ---- response ---------------------------------------------------------------------------------------------------
@@ -506,14 +536,16 @@ class ResponseStream:
         item_id = new_id("fc")
         call_id = call.id or new_id("call")
         arguments = json.dumps(call.arguments, ensure_ascii=False, separators=(",", ":"))
+        namespace = self.plan.namespaces.get(call.name, "")
         self.calls.append(ToolCall(call.name, call.arguments, len(self.calls), call_id))
         out.append(self._event("response.output_item.added", output_index=index,
-                               item=wire.function_call_item_json(item_id, "in_progress", call_id, call.name, "")))
+                               item=wire.function_call_item_json(item_id, "in_progress", call_id, call.name, "",
+                                                                 namespace)))
         out.append(self._event("response.function_call_arguments.delta", item_id=item_id, output_index=index,
                                delta=arguments))
         out.append(self._event("response.function_call_arguments.done", item_id=item_id, output_index=index,
                                arguments=arguments))
-        item = wire.function_call_item_json(item_id, "completed", call_id, call.name, arguments)
+        item = wire.function_call_item_json(item_id, "completed", call_id, call.name, arguments, namespace)
         self.output.append(item)
         out.append(self._event("response.output_item.done", output_index=index, item=dict(item)))
         return out

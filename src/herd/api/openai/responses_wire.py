@@ -268,9 +268,13 @@ def reasoning_item_json(id_: str, parts: list[dict[str, object]]) -> dict[str, o
     return {"id": id_, "type": "reasoning", "summary": [], "content": parts}
 
 
-def function_call_item_json(id_: str, status: str, call_id: str, name: str, arguments: str) -> dict[str, object]:
-    return {"id": id_, "type": "function_call", "status": status, "arguments": arguments, "call_id": call_id,
-            "name": name}
+def function_call_item_json(id_: str, status: str, call_id: str, name: str, arguments: str, namespace: str = ""
+                            ) -> dict[str, object]:
+    doc: dict[str, object] = {"id": id_, "type": "function_call", "status": status, "arguments": arguments,
+                              "call_id": call_id, "name": name}
+    if namespace:
+        doc["namespace"] = namespace  # a function of a `namespace` tool is called by name within it
+    return doc
 
 
 def event_json(type_: str, sequence_number: int, **fields: object) -> dict[str, object]:
