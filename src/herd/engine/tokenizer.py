@@ -38,10 +38,16 @@ def _write(out: BinaryIO, message: object) -> None:
 
 
 def _read_exact(inp: BinaryIO, n: int) -> bytes:
-    data = inp.read(n)
-    if data is None or len(data) < n:
-        raise EOFError
-    return data
+    # An unbuffered pipe returns what is there, at most a pipe's capacity (64 KiB): a longer message (a coding
+    # agent's prompt) arrives in several reads. Only an empty read is the end.
+    parts = []
+    while n > 0:
+        data = inp.read(n)
+        if not data:
+            raise EOFError
+        parts.append(data)
+        n -= len(data)
+    return b"".join(parts)
 
 
 def _read(inp: BinaryIO, trusted: bool) -> object:
