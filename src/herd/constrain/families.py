@@ -6,25 +6,34 @@ Markers that are one special token in the model's vocabulary are matched as that
 (`special`), so the token the model was trained to write is never masked off. Unforced, text before the call's
 trigger is free (reasoning included) and the model may end without calling; forced (`tool_choice: "required"` or
 a named function), the call starts at the first token. The JSON families whose calls carry the name inside the
-JSON (Qwen3, Granite, Gemma 3, Llama 3, Mistral) use constrain/grammar.py's tool grammars with the family's tags.
+JSON (Qwen3, Granite 4, Gemma 3) use constrain/grammar.py's tool grammars with the family's tags.
+
+A marker that looks like `<...>` is named as a special token in the grammar; llguidance has no name syntax for other
+markers (Mistral's `[TOOL_CALLS]`), only `<[id]>`, so for those `special` must map the marker to its token id. A
+special marker the grammar cannot name would be masked off by the grammar's free text, which never matches a special
+token: unforced, such a grammar is not built (the calls are parsed, unconstrained, as Ollama does); forced, the
+grammar writes the marker spelled out, which the parser reads the same.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+import re
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from llguidance import LLMatcher
 
 from herd.constrain.grammar import (
+    _BARE_TEXT_RE,
     _SEP_RE,
     _TEXT_RE,
     JSON_OPTIONS,
     ToolSpec,
+    _call_rules,
+    _call_schema,
     _lit,
     _regex_escape,
-    _special,
     _wrap_call,
     as_ollama_reads,
     grammar_for_forced_tool_call,
@@ -38,6 +47,12 @@ DS_CALL_BEGIN = "<｜tool▁call▁begin｜>"
 DS_CALL_END = "<｜tool▁call▁end｜>"
 DS_SEP = "<｜tool▁sep｜>"
 HARMONY_MARKERS = ("<|channel|>", "<|constrain|>", "<|message|>", "<|call|>", "<|start|>", "<|end|>")
+LLAMA3_TAG = "<|python_tag|>"
+MISTRAL_CALLS = "[TOOL_CALLS]"
+MISTRAL_ARGS = "[ARGS]"
+MISTRAL_CALL_ID = "[CALL_ID]"
+LLAMA3_MARKERS = (LLAMA3_TAG,)
+MISTRAL_MARKERS = (MISTRAL_CALLS, MISTRAL_ARGS, MISTRAL_CALL_ID)
 
 # The markers a family's grammar may use: what `special` should be computed for (engine/tokenizer.py).
 FAMILY_MARKERS: dict[str, tuple[str, ...]] = {
@@ -48,14 +63,26 @@ FAMILY_MARKERS: dict[str, tuple[str, ...]] = {
     "glm-4.7": ("<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>"),
     "granite": ("<|tool_call|>", "<tool_call>", "</tool_call>"),
     "qwen3": ("<tool_call>", "</tool_call>"),
+    "llama3": LLAMA3_MARKERS,
+    "mistral": MISTRAL_MARKERS,
+    # The families without a parser of their own keep the template-detected formats of parsing/toolcalls.py
+    # (ChatService.grammar_for picks one by the template): `<tool_call>`, Llama 3 and Mistral.
+    **dict.fromkeys(("generic", "qwen3-instruct", "qwen3-vl-instruct"),
+                    ("<tool_call>", "</tool_call>", *LLAMA3_MARKERS, *MISTRAL_MARKERS)),
 }
 
 
 def family_call_grammar(family: str, template: str, tools: Sequence[ToolSpec], forced: str | None,
                         special: Collection[str] = ()) -> str | None:
     """The lark grammar for this family's calls, or None when herd does not constrain the family (Gemma 4's call
-    notation: parsed, not constrained). `forced`: None, "" (any tool) or a tool's name."""
+    notation: parsed, not constrained) or, unforced, cannot name one of its special markers (see above).
+    `forced`: None, "" (any tool) or a tool's name. `special`: the markers that are one special token in the
+    model's vocabulary; a mapping gives their token ids as well (needed for markers not written `<...>`)."""
     tools = _choose(tools, forced)
+    if family == "llama3":
+        return _llama3(tools, forced is not None, special)
+    if family == "mistral":
+        return _mistral(tools, forced is not None, template, special)
     if family == "harmony":
         return _harmony(tools, forced is not None, special)
     if family == "deepseek3":
@@ -100,9 +127,23 @@ def _json_tag(tools: Sequence[ToolSpec], forced: str | None, open_tag: str, clos
     return grammar_for_tool_calls(tools, open_tag, close_tag, arguments_key=key, special_tags=special)
 
 
+def _token_ref(marker: str, special: Collection[str]) -> str | None:
+    """How the grammar names the marker's special token: `<name>`, `<[id]>` when only its id is known, or None."""
+    if marker.startswith("<") and marker.endswith(">"):
+        return marker
+    token = special.get(marker) if isinstance(special, Mapping) else None
+    return f"<[{token}]>" if isinstance(token, int) and not isinstance(token, bool) and token >= 0 else None
+
+
+def _unnamed(markers: Sequence[str], special: Collection[str]) -> bool:
+    """Some marker is a special token the grammar cannot name (a bracketed one without its id)."""
+    return any(m in special and _token_ref(m, special) is None for m in markers)
+
+
 def _m(marker: str, special: Collection[str]) -> str:
     """A marker: its text, or its special token when the vocabulary has one."""
-    return f"({_lit(marker)} | {_special(marker)})" if marker in special else _lit(marker)
+    ref = _token_ref(marker, special) if marker in special else None
+    return f"({_lit(marker)} | {ref})" if ref is not None else _lit(marker)
 
 
 def _args(tool: ToolSpec) -> str:
@@ -132,7 +173,8 @@ def _assemble(start: str, rules: list[str], opener: str | None, special: Collect
     it ends the moment the trigger is complete; as a special token the trigger follows the text instead."""
     lines = ["%llguidance {}", f"start: {start}", f"SEP: /{_SEP_RE}/", f"TEXT: /{_TEXT_RE}/"]
     if opener is not None:
-        lines.append("opener: opener_text" + (f" | TEXT {_special(opener)}" if opener in special else ""))
+        ref = _token_ref(opener, special) if opener in special else None
+        lines.append("opener: opener_text" + (f" | TEXT {ref}" if ref is not None else ""))
         lines.append(f"opener_text[lazy]: TEXT {_lit(opener)}")
     lines += rules
     return LLMatcher.grammar_from_lark("\n".join(lines) + "\n")
@@ -179,12 +221,79 @@ def _deepseek(tools: Sequence[ToolSpec], forced: bool, special: Collection[str])
 
 
 def _granite3(tools: Sequence[ToolSpec], forced: bool, special: Collection[str]) -> str:
-    from herd.constrain.grammar import _call_rules
-
     rules = ['calls: SEP "[" SEP call (SEP "," SEP call)* SEP "]"', *_call_rules(tools, "arguments")]
     if forced:
         return _assemble(f"{_m('<|tool_call|>', special)} calls", rules, None)
     return _assemble("TEXT | opener calls", rules, "<|tool_call|>", special)
+
+
+# ---- Llama 3.x ----------------------------------------------------------------------------------------------------
+
+# Between two calls: what Llama 3.2/3.3 write there ("; " or a newline); parsing/toolcalls.py skips any text there.
+_LLAMA3_MORE = r"[ \t\n]{0,2}(;[ \t\n]{0,2})?"
+
+
+def _llama3(tools: Sequence[ToolSpec], forced: bool, special: Collection[str]) -> str:
+    """`{"name": ..., "parameters": {...}}` (the key the Llama 3.1/3.2/3.3 templates write and tell the model to
+    use), either bare as the whole answer or after `<|python_tag|>`, as ToolFormat.LLAMA3 reads it: a bare call
+    must be the first visible text (a `{` later on is content), the tag may follow free text. Forced: one call,
+    with or without the tag."""
+    tag = _m(LLAMA3_TAG, special)
+    rules = [f"MORE: /{_LLAMA3_MORE}/", *_call_rules(tools, "parameters")]
+    if forced:
+        return _assemble(f"({tag} SEP)? call", rules, None)
+    ref = _token_ref(LLAMA3_TAG, special) if LLAMA3_TAG in special else None
+    rules += [
+        f"BARE_TEXT: /{_BARE_TEXT_RE}/",
+        "calls: call (MORE call)* SEP",
+        # The text before the tag must not open with "{" either: the parser would read that JSON as the answer.
+        "opener: opener_text" + (f" | BARE_TEXT {ref}" if ref is not None else ""),
+        f"opener_text[lazy]: BARE_TEXT {_lit(LLAMA3_TAG)}",
+    ]
+    return _assemble("BARE_TEXT | SEP calls | opener SEP calls", rules, None)
+
+
+# ---- Mistral / Ministral ------------------------------------------------------------------------------------------
+
+# Mistral's tool-call ids are 9 alphanumerics (its templates refuse others); the JSON form's calls may carry one.
+_MISTRAL_ID = {"type": "string", "pattern": "^[a-zA-Z0-9]{9}$"}
+# The names parsing/toolcalls.py reads before `[ARGS]` (its _MISTRAL_ARGS_RE).
+_MISTRAL_NAME = re.compile(r"[A-Za-z_][\w.\-]*")
+
+
+def _mistral(tools: Sequence[ToolSpec], forced: bool, template: str, special: Collection[str]) -> str | None:
+    """The form the template writes back, as ToolFormat.MISTRAL reads either: `[TOOL_CALLS]name[ARGS]{...}` per
+    call (optionally `[CALL_ID]id` before `[ARGS]`) where the template has `[ARGS]` (Ministral 3, Mistral Small
+    3.2, Magistral, Devstral), else one JSON list `[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]`
+    (Mistral 7B v0.3, Nemo, Small 3.1), each call optionally with its `"id"`."""
+    markers = [m for m in MISTRAL_MARKERS if m == MISTRAL_CALLS or m in template]
+    if not forced and _unnamed(markers, special):
+        return None  # the model's trained token would be masked off: parse only, as before
+    calls = _m(MISTRAL_CALLS, special)
+    if MISTRAL_ARGS in template:
+        readable = [t for t in tools if _MISTRAL_NAME.fullmatch(t.name)]
+        if not readable:
+            if forced:
+                raise InvalidRequest("tool_choice: the Mistral [ARGS] call format cannot carry this function's "
+                                     f"name: {tools[0].name!r}")
+            return None
+        call_id = f'({_m(MISTRAL_CALL_ID, special)} /[a-zA-Z0-9]{{9}}/)? ' if MISTRAL_CALL_ID in template else ""
+        rules = ["call: " + " | ".join(f"c_{i}" for i in range(len(readable)))]
+        for i, t in enumerate(readable):
+            rules.append(f"c_{i}: {_lit(t.name)} {call_id}{_m(MISTRAL_ARGS, special)} {_args(t)}")
+        if forced:
+            return _assemble(f"{calls} call", rules, None)
+        rules.append(f"calls: call ({calls} call)* SEP")
+        return _assemble("TEXT | opener calls", rules, MISTRAL_CALLS, special)
+    rules = ["call: " + " | ".join(f"c_{i}" for i in range(len(tools)))]
+    for i, t in enumerate(tools):
+        schema = _call_schema(t, "arguments")
+        schema["properties"]["id"] = _MISTRAL_ID
+        rules.append(f"c_{i}: %json {json.dumps(schema, ensure_ascii=False)}")
+    if forced:
+        return _assemble(f'{calls} SEP "[" SEP call SEP "]"', rules, None)
+    rules.append('calls: SEP "[" SEP call (SEP "," SEP call)* SEP "]" SEP')
+    return _assemble("TEXT | opener calls", rules, MISTRAL_CALLS, special)
 
 
 # ---- XML families: Qwen3-Coder / Qwen3.5 and GLM-4.x --------------------------------------------------------------
@@ -226,8 +335,9 @@ def _value(rule: str, schema: object, close: str) -> list[str]:
         return [f"{rule}: %json {json.dumps(js, ensure_ascii=False)} {_lit(close)}"]
     # A string (or anything else): free text up to the first closing tag, holding none of the call's own tags.
     lexeme = rule.upper() + "_TEXT"
-    low = s.get("minLength") if isinstance(s.get("minLength"), int) and s["minLength"] >= 0 else 0
-    high = s.get("maxLength") if isinstance(s.get("maxLength"), int) and s["maxLength"] >= low else None
+    min_length, max_length = s.get("minLength"), s.get("maxLength")
+    low = min_length if isinstance(min_length, int) and min_length >= 0 else 0
+    high = max_length if isinstance(max_length, int) and max_length >= low else None
     return [f"{rule}[lazy]: {lexeme} {_lit(close)}",
             f"{lexeme}: {_free_text_without(_STRUCTURAL[close], low, high)}"]
 

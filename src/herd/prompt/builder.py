@@ -7,6 +7,7 @@ template from a Modelfile) and, if too long, oldest messages are dropped (system
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -75,6 +76,25 @@ def assemble_messages(model: ResolvedModel, messages: Sequence[Message]) -> list
     return msgs
 
 
+class JsonArguments(dict):  # type: ignore[type-arg]
+    """A call's arguments as templates see them: a mapping (for `tojson`, `.items()` and `is mapping`, which most
+    templates use) that prints and concatenates as its JSON text, which DeepSeek V3.1's template does
+    (`'<｜tool▁sep｜>' + tool['function']['arguments']`) because its clients send arguments as a string."""
+
+    def __str__(self) -> str:
+        return json.dumps(self, ensure_ascii=False)
+
+    def __add__(self, other: object) -> str:
+        if isinstance(other, str):
+            return str(self) + other
+        return NotImplemented
+
+    def __radd__(self, other: object) -> str:
+        if isinstance(other, str):
+            return other + str(self)
+        return NotImplemented
+
+
 def _jinja_message(m: Message, parts: bool = False) -> dict[str, object]:
     doc: dict[str, object] = {"role": m.role, "content": jinja_content(m) if parts else m.content}
     if m.thinking:
@@ -82,7 +102,8 @@ def _jinja_message(m: Message, parts: bool = False) -> dict[str, object]:
         doc["reasoning_content"] = m.thinking
     if m.tool_calls:
         doc["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"index": c.index, "name": c.name, "arguments": c.arguments}}
+            {"id": c.id, "type": "function", "function": {"index": c.index, "name": c.name,
+                                                      "arguments": JsonArguments(c.arguments)}}
             for c in m.tool_calls
         ]
     if m.role == "tool":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field, replace
 
 from herd.config import Settings
@@ -343,18 +343,26 @@ class ChatService:
                                  f"{tokenizer.n_vocab} tokens")
         return replace(sampling, logit_bias=bias)
 
-    async def special_markers(self, model: ResolvedModel, turn: ChatTurn, model_path: str) -> frozenset[str]:
-        """The family's call markers that are one special token in the model's vocabulary (for the constraint)."""
+    async def special_markers(self, model: ResolvedModel, turn: ChatTurn, model_path: str) -> dict[str, int]:
+        """The family's call markers that are one special token in the model's vocabulary, with that token's id
+        (for the constraint: llguidance names a token that is not written `<...>`, like Mistral's `[TOOL_CALLS]`,
+        only by its id)."""
         from herd.constrain.families import FAMILY_MARKERS
 
         markers = FAMILY_MARKERS.get(model.family.name, ())
         if not turn.tools or not markers:
-            return frozenset()
+            return {}
         tokenizer = await asyncio.to_thread(get_tokenizer, model_path)
-        return await asyncio.to_thread(tokenizer.special_tokens, markers)
+        found = await asyncio.to_thread(tokenizer.special_tokens, markers)
+        ids: dict[str, int] = {}
+        for marker in sorted(found):
+            tokens = await asyncio.to_thread(tokenizer.encode, marker, False)
+            if len(tokens) == 1:
+                ids[marker] = tokens[0]
+        return ids
 
     def grammar_for(self, model: ResolvedModel, turn: ChatTurn, think: Think | None,
-                    prefilled: bool = False, special: frozenset[str] = frozenset()) -> str | None:
+                    prefilled: bool = False, special: Collection[str] = frozenset()) -> str | None:
         """The constraint for this turn, or None. Called before loading (so a bad schema is a 400 before any
         work) and again after rendering, when it is known whether the template pre-opened thinking."""
         constrain_tools = turn.constrain_tools and self.settings.constrain_tools
@@ -381,13 +389,21 @@ class ChatService:
             if family_grammar is not None:
                 g.check_grammar(family_grammar, what="tool definitions")
             return family_grammar
-        if turn.force_tool is not None:
-            grammar = g.grammar_for_forced_tool_call(specs, turn.force_tool or None)
+        fmt, _ = detect_tool_format(model.template[1])
+        if fmt in (ToolFormat.LLAMA3, ToolFormat.MISTRAL):
+            # The format the parser reads (by the template, as parser_for picks it) has a grammar of its own;
+            # None: unforced with a special marker the grammar cannot name, so parsed only.
+            from herd.constrain.families import family_call_grammar
+
+            grammar = family_call_grammar(fmt.value, model.template[1], specs, turn.force_tool, special)
+            if grammar is None:
+                return None
+        elif turn.force_tool is not None:
+            grammar = g.grammar_for_forced_tool_call(specs, turn.force_tool or None, special_tags=special)
         else:
-            fmt, _ = detect_tool_format(model.template[1])
             if fmt != ToolFormat.HERMES:
-                return None  # only the <tool_call> family is constrained; others are parsed as Ollama does
+                return None  # the generic tag: parsed as Ollama does, not constrained
             # Free text before the tag (thinking included) stays unconstrained; the call itself is not.
-            grammar = g.grammar_for_tool_calls(specs)
+            grammar = g.grammar_for_tool_calls(specs, special_tags=special)
         g.check_grammar(grammar, what="tool definitions")
         return grammar
