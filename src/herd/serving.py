@@ -14,6 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import subprocess
+import sys
+import threading
 from types import FrameType
 
 import uvicorn
@@ -62,6 +65,30 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+def log_devices(settings: Settings, log_level: str = "warning") -> None:
+    """Log the devices llama.cpp sees (engine/worker.py: device_report) and the cache settings runners load with,
+    as `herd: ...` lines on stderr, like Ollama's startup lines about its GPUs. They show at the default log level
+    (warning, where uvicorn's own INFO lines are hidden) and not at error or critical. The report comes from a
+    short child process, so the server itself never initialises a GPU runtime (a CUDA context would hold device
+    memory as long as the server runs); it runs on a thread, so startup does not wait for it."""
+    if log_level.lower() in ("error", "critical"):
+        return
+
+    def report() -> None:
+        try:
+            done = subprocess.run([sys.executable, "-m", "herd.engine.worker", "--devices"], capture_output=True,
+                                  text=True, timeout=120, check=False)
+            lines = done.stdout.splitlines() or [f"llama.cpp devices: not listed ({done.stderr.strip()[-300:]})"]
+        except (OSError, subprocess.SubprocessError) as exc:
+            lines = [f"llama.cpp devices: not listed ({exc})"]
+        lines.append(f"KV cache {settings.kv_cache_type}, flash attention {settings.flash_attention} "
+                     "(OLLAMA_KV_CACHE_TYPE, OLLAMA_FLASH_ATTENTION)")
+        sys.stderr.write("".join(f"herd: {line}\n" for line in lines))
+        sys.stderr.flush()
+
+    threading.Thread(target=report, name="herd-devices", daemon=True).start()
+
+
 def serve(settings: Settings, log_level: str) -> None:
     from herd.app import create_app
 
@@ -69,7 +96,8 @@ def serve(settings: Settings, log_level: str) -> None:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
                             timeout_graceful_shutdown=int(_AFTER_GRACE_S))
     server = DrainingServer(config, app, settings.shutdown_grace_s)
+    log_devices(settings, log_level)
     server.run()
 
 
-__all__ = ["DrainingServer", "serve"]
+__all__ = ["DrainingServer", "log_devices", "serve"]

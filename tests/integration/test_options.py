@@ -283,9 +283,10 @@ def _other_thread_count() -> int:
     ({"num_batch": 32}, True),  # smaller than the prompt: it is prefilled in several decodes
     ({"num_thread": _other_thread_count()}, True),
     ({"use_mmap": False}, True),
-    # No GPU in herd's build: what a client asks of one must not change the text (herd ignores these today).
-    ({"num_gpu": 0}, False),
-    ({"main_gpu": 0}, False),
+    # Offload options are load options, as in Ollama (a new value reloads); on a CPU build every value runs on the
+    # CPU, so the greedy text stays the same.
+    ({"num_gpu": 0}, True),
+    ({"main_gpu": 0}, True),
     # No speculative decoding yet; with it, a draft must never change a greedy text (design.md).
     ({"draft_num_predict": 4}, False),
 ], ids=lambda v: next(iter(v)) if isinstance(v, dict) else ("reload" if v else "no-reload"))

@@ -57,6 +57,12 @@ def loads_event(data: bytes | bytearray | memoryview) -> object:
     return _EventUnpickler(io.BytesIO(data)).load()
 
 
+# KV cache element types a runner can be loaded with (OLLAMA_KV_CACHE_TYPE's values), K and V alike. A quantized V
+# cache needs flash attention (llama.cpp refuses the context otherwise).
+KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+FLASH_ATTENTION_MODES = ("auto", "on", "off")
+
+
 @dataclass(frozen=True)
 class LoadSpec:
     """Everything that fixes a runner at load time (spec 3.1). A request that needs other values reloads."""
@@ -70,6 +76,13 @@ class LoadSpec:
     embedding: bool = False
     prompt_cache: bool = True
     projector_path: str = ""  # a vision projector (mmproj GGUF) loaded with mtmd next to the model
+    kv_cache_type: str = "f16"  # one of KV_CACHE_TYPES, for K and V (Ollama sets both from one setting)
+    # one of FLASH_ATTENTION_MODES; "auto" is llama.cpp's own choice (on where the device supports it)
+    flash_attention: str = "auto"
+    # Offload (Ollama's num_gpu / main_gpu): layers to put on GPUs, -1 = all of them; main_gpu -1 = split the layers
+    # over every GPU, >= 0 = the whole model on that one. A build without GPU offload runs every value on the CPU.
+    n_gpu_layers: int = -1
+    main_gpu: int = -1
 
 
 @dataclass(frozen=True)

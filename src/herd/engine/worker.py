@@ -17,11 +17,12 @@ import codecs
 import ctypes
 import os
 import random
+import re
 import select
 import sys
 import time
 import traceback
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
@@ -50,6 +51,68 @@ from herd.parsing.stop import StopMatcher
 # every other stream's next token) stays short. Alone, it uses the whole num_batch.
 INTERLEAVED_PREFILL_CHUNK = 64
 UNBOUNDED_PREDICT_CONTEXTS = 4
+
+# LoadSpec's names -> llama.cpp's (llama_context_params.type_k/type_v, flash_attn_type)
+GGML_CACHE_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0", "q4_0": "GGML_TYPE_Q4_0"}
+FLASH_ATTN_TYPES = {"auto": "LLAMA_FLASH_ATTN_TYPE_AUTO", "on": "LLAMA_FLASH_ATTN_TYPE_ENABLED",
+                    "off": "LLAMA_FLASH_ATTN_TYPE_DISABLED"}
+GGML_LOG_LEVEL_ERROR = 4
+_LOG_LINES_KEPT = 4096  # bound on what the load log keeps (a model has one placement line per layer)
+_PLACEMENT = re.compile(r"assigned to device ([^\s,]+)|(\S+) model buffer size\s*=\s*([\d.]+) MiB|"
+                        r"(\S+) KV buffer size\s*=\s*([\d.]+) MiB|Flash Attention (enabled|disabled)|"
+                        r"flash_attn\s*=\s*(\w+)")
+
+
+class LoadLog:
+    """llama.cpp's log while a runner loads, as the log callback sees it. It keeps the lines that say where the
+    model went (layer per device, weight and KV buffers, the flash attention llama.cpp resolved) and the errors, so
+    the runner writes one placement line and a failed load says why instead of "unable to load". Once the model
+    runs, `active` is off and the log is dropped, as before (llama.cpp logs per decode)."""
+
+    def __init__(self) -> None:
+        self.active = True
+        self.lines: list[str] = []
+        self.errors: list[str] = []
+
+    def __call__(self, level: int, text: bytes | None, _data: object) -> None:
+        if not self.active or not text:
+            return
+        line = text.decode("utf-8", "replace").strip()
+        if level == GGML_LOG_LEVEL_ERROR and line and len(self.errors) < 64:
+            self.errors.append(line)
+        if _PLACEMENT.search(line) and len(self.lines) < _LOG_LINES_KEPT:
+            self.lines.append(line)
+
+    def why(self) -> str:
+        return f": {'; '.join(self.errors[-3:])}" if self.errors else ""
+
+    def placement(self) -> tuple[Counter[str], dict[str, float], dict[str, float], str]:
+        """Layers per device, weight MiB per buffer, KV MiB per buffer, and flash attention as llama.cpp resolved
+        it ("enabled", "disabled", or "" when the log did not say)."""
+        layers: Counter[str] = Counter()
+        weights: dict[str, float] = {}
+        kv: dict[str, float] = {}
+        resolved = configured = ""
+        for line in self.lines:
+            m = _PLACEMENT.search(line)
+            if m is None:
+                continue
+            if m.group(1):
+                layers[m.group(1)] += 1
+            elif m.group(2):
+                weights[m.group(2)] = weights.get(m.group(2), 0.0) + float(m.group(3))
+            elif m.group(4):
+                kv[m.group(4)] = kv.get(m.group(4), 0.0) + float(m.group(5))
+            elif m.group(6):
+                resolved = m.group(6)
+            elif m.group(7):
+                configured = m.group(7)
+        return layers, weights, kv, resolved or (configured if configured != "auto" else "")
+
+
+def _is_host_buffer(name: str) -> bool:
+    """A buffer in host memory: CPU, CPU_Mapped, CPU_REPACK, CUDA_Host (pinned host memory) and the like."""
+    return name.upper().startswith("CPU") or name.endswith("_Host")
 
 
 @dataclass
@@ -89,15 +152,22 @@ class Worker:
         self.L = L
         self.conn = conn
         self.spec = spec
-        self._log_cb = L.llama_log_callback(lambda level, text, data: None)  # kept: ctypes must not free it
+        self.load_log = LoadLog()
+        self._log_cb = L.llama_log_callback(self.load_log)  # kept: ctypes must not free it
         L.llama_log_set(self._log_cb, ctypes.c_void_p(0))
         L.llama_backend_init()
         mp = L.llama_model_default_params()
-        mp.n_gpu_layers = 0
+        # Offload (Ollama's num_gpu): -1 = every layer, which llama.cpp places on the GPUs it has; a build without
+        # GPU offload keeps them all on the CPU whatever the value. main_gpu >= 0: the whole model on that GPU
+        # (llama.cpp's split mode "none"); else the layers are split over every GPU (its default, "layer").
+        mp.n_gpu_layers = spec.n_gpu_layers
+        if spec.main_gpu >= 0:
+            mp.split_mode = L.LLAMA_SPLIT_MODE_NONE
+            mp.main_gpu = spec.main_gpu
         mp.load_mode = L.LLAMA_LOAD_MODE_MMAP if spec.use_mmap else L.LLAMA_LOAD_MODE_NONE
         self.model = L.llama_model_load_from_file(spec.model_path.encode(), mp)
         if not self.model:
-            raise RuntimeError(f"unable to load model: {spec.model_path}")
+            raise RuntimeError(f"unable to load model: {spec.model_path}{self.load_log.why()}")
         self.vocab = L.llama_model_get_vocab(self.model)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self.eog = frozenset(t for t in range(self.n_vocab) if L.llama_vocab_is_eog(self.vocab, t))
@@ -114,6 +184,11 @@ class Worker:
         # (With a unified pool, KV placement changes the float summation order: 0 of 8 texts matched.)
         cp.kv_unified = False
         cp.no_perf = True
+        # OLLAMA_KV_CACHE_TYPE / kv_cache_type for K and V alike, and OLLAMA_FLASH_ATTENTION. The server refuses a
+        # quantized cache with flash attention off before it starts a runner (options.cache_settings); if one got
+        # here anyway, llama.cpp refuses the context and the error below names it.
+        cp.type_k = cp.type_v = getattr(L, GGML_CACHE_TYPES[spec.kv_cache_type])
+        cp.flash_attn_type = getattr(L, FLASH_ATTN_TYPES[spec.flash_attention])
         if spec.embedding:
             cp.embeddings = True
             # An embedding runner packs several short inputs into one decode, one sequence each (engine/embedding.py),
@@ -123,7 +198,8 @@ class Worker:
             cp.kv_unified = True
         self.ctx = L.llama_init_from_model(self.model, cp)
         if not self.ctx:
-            raise RuntimeError("unable to create llama context")
+            raise RuntimeError(f"unable to create llama context{self.load_log.why()}")
+        self.load_log.active = False
         self.mem = L.llama_get_memory(self.ctx)
         self.can_shift = bool(L.llama_memory_can_shift(self.mem))
         self.n_batch = cp.n_batch
@@ -142,6 +218,26 @@ class Worker:
         self._grammar_tokenizer: object | None = None
         self.prompt_evaluated = 0
         self.prompt_cached = 0
+
+    def placement(self) -> tuple[str, int]:
+        """Where the model went, as one log line, and the bytes it holds in device (not host) memory: layers per
+        device, weight and KV buffers, the cache type and the flash attention llama.cpp resolved."""
+        L, spec = self.L, self.spec
+        layers, weights, kv, flash = self.load_log.placement()
+        device_bytes = int(sum(v for k, v in {**weights, **kv}.items() if not _is_host_buffer(k)) * 1024 * 1024)
+
+        def mib(buffers: dict[str, float]) -> str:
+            return ", ".join(f"{name} {size:.1f} MiB" for name, size in buffers.items()) or "?"
+
+        n_layer = L.llama_model_n_layer(self.model)
+        per_device = ", ".join(f"{dev} {n}" for dev, n in layers.items()) or "?"
+        offload = "GPU offload in this build" if L.llama_supports_gpu_offload() else "no GPU offload in this build"
+        gpu = f"num_gpu {spec.n_gpu_layers}" + (f", main_gpu {spec.main_gpu}" if spec.main_gpu >= 0 else "")
+        line = (f"herd runner {os.getpid()}: {os.path.basename(spec.model_path)}: layers {per_device} "
+                f"({n_layer} + output; {gpu}; {offload}); weights {mib(weights)}; KV cache {spec.kv_cache_type} "
+                f"{mib(kv)}; flash attention {flash or spec.flash_attention}; in device memory "
+                f"{device_bytes / 2**20:.1f} MiB")
+        return line, device_bytes
 
     # ---- helpers -----------------------------------------------------------------------------------------
     def piece(self, token: int) -> bytes:
@@ -584,6 +680,11 @@ def runner_main(conn: Connection, spec: LoadSpec) -> None:
     """Entry point of the runner process."""
     try:
         worker = Worker(conn, spec)
+        try:
+            line, _device_bytes = worker.placement()
+            print(line, file=sys.stderr, flush=True)
+        except Exception:  # a log line must never fail a load
+            traceback.print_exc(file=sys.stderr)
         rss = 0
         try:
             with open(f"/proc/{os.getpid()}/statm") as f:
@@ -596,3 +697,51 @@ def runner_main(conn: Connection, spec: LoadSpec) -> None:
         conn.send(Ready(False, error=str(exc)))
         return
     worker.run()
+
+
+def device_report() -> list[str]:
+    """What llama.cpp sees on this machine, for `herd serve`'s startup log: its system info line, whether this build
+    offloads to GPUs, and each ggml backend device with its memory. Run in a short child process (serving.py), so
+    the server process never initialises a GPU runtime itself."""
+    import llama_cpp as L
+
+    log_cb = L.llama_log_callback(lambda level, text, data: None)
+    L.llama_log_set(log_cb, ctypes.c_void_p(0))
+    L.llama_backend_init()
+    out = [
+        "llama.cpp system info: " + L.llama_print_system_info().decode("utf-8", "replace").strip(" |"),
+        "llama.cpp GPU offload: " + ("supported" if L.llama_supports_gpu_offload() else "not in this build"),
+    ]
+    try:
+        # ggml's device registry is not wrapped by llama-cpp-python 0.3.36; its C functions are in libggml.
+        from llama_cpp._ggml import libggml as g
+
+        g.ggml_backend_dev_count.restype = ctypes.c_size_t
+        g.ggml_backend_dev_get.restype = ctypes.c_void_p
+        g.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+        for name in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
+            getattr(g, name).restype = ctypes.c_char_p
+            getattr(g, name).argtypes = [ctypes.c_void_p]
+        g.ggml_backend_dev_type.restype = ctypes.c_int
+        g.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+        g.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
+                                              ctypes.POINTER(ctypes.c_size_t)]
+        kinds = {0: "CPU", 1: "GPU", 2: "integrated GPU", 3: "accelerator"}
+        for i in range(g.ggml_backend_dev_count()):
+            dev = g.ggml_backend_dev_get(i)
+            free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+            g.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+            out.append(
+                f"llama.cpp device {i}: {(g.ggml_backend_dev_name(dev) or b'?').decode()} "
+                f"({kinds.get(g.ggml_backend_dev_type(dev), 'other')}: "
+                f"{(g.ggml_backend_dev_description(dev) or b'').decode('utf-8', 'replace')}), "
+                f"{free.value / 2**30:.1f} GiB free of {total.value / 2**30:.1f} GiB"
+            )
+    except Exception as exc:  # an older or newer build without these symbols: the system info line still says
+        out.append(f"llama.cpp devices: not listed ({exc})")
+    return out
+
+
+if __name__ == "__main__":  # python -m herd.engine.worker --devices: the device report, one line each
+    if sys.argv[1:] == ["--devices"]:
+        print("\n".join(device_report()), flush=True)

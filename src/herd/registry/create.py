@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from herd.errors import HerdError, InvalidRequest, NotImplementedFeature, StorageFailed, UnsafePath
 from herd.families import BY_NAME
-from herd.options import BOOL_OPTIONS, FLOAT_OPTIONS, INT_OPTIONS, validate_options
+from herd.options import BOOL_OPTIONS, FLOAT_OPTIONS, INT_OPTIONS, STRING_OPTIONS, validate_options
 from herd.registry.default_model import config_blob
 from herd.registry.gguf_info import GGUF_MAGIC, GGUFInfo, read_gguf_info
 from herd.registry.manage import go_quote, normalize_digest
@@ -90,7 +90,7 @@ def typed_parameters(params: Mapping[str, object]) -> dict[str, object]:
                 raise InvalidRequest('option "stop" must be of an array of strings')
             if values:
                 out["stop"] = list(values)
-        elif key in INT_OPTIONS or key in FLOAT_OPTIONS or key in BOOL_OPTIONS:
+        elif key in INT_OPTIONS or key in FLOAT_OPTIONS or key in BOOL_OPTIONS or key in STRING_OPTIONS:
             out[key] = typed_parameter(key, value) if isinstance(value, str) else validate_options({key: value})[key]
         else:
             raise InvalidRequest(f"unknown parameter '{key}'")

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from herd.errors import InvalidRequest
-from herd.options import BOOL_OPTIONS, FLOAT_OPTIONS, INT_OPTIONS
+from herd.options import BOOL_OPTIONS, FLOAT_OPTIONS, INT_OPTIONS, STRING_OPTIONS, validate_options
 
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 _INSTRUCTIONS = ("from", "template", "system", "parameter", "message", "license", "adapter", "requires", "renderer",
@@ -59,6 +59,8 @@ def typed_parameter(key: str, raw: str) -> object:
         raise InvalidRequest(f"invalid value for parameter {key!r}: {raw!r}") from None
     if key == "stop":
         return raw
+    if key in STRING_OPTIONS:  # kv_cache_type: one word of a fixed set, checked as the option is
+        return validate_options({key: raw})[key]
     raise InvalidRequest(f"unknown parameter '{key}'")
 
 

@@ -4,8 +4,9 @@ against MemAvailable.
 Ollama refuses a load that cannot fit before it starts a runner (`model requires more system memory (X) than is
 available (Y)`); without it, an absurd num_ctx ends in the kernel's OOM killer, which may pick the server itself.
 The KV cache is `num_ctx` cells per sequence, `num_parallel` sequences (one for an embedding runner), and per cell
-and layer K and V of `n_head_kv x head_dim` f16 elements (llama.cpp's default cache type). Compute buffers are left
-out: they are small beside the cache at the sizes that matter here.
+and layer K and V of `n_head_kv x head_dim` elements of the spec's cache type: f16 is 2 bytes an element, and the
+quantized types are ggml blocks of 32 elements (q8_0: 32 int8 and one f16 scale = 34 bytes; q4_0: 32 nibbles and one
+f16 scale = 18 bytes). Compute buffers are left out: they are small beside the cache at the sizes that matter here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 from herd.engine.protocol import LoadSpec
 from herd.errors import RunnerFailed
 
-KV_BYTES_PER_ELEMENT = 2  # f16 K and V
+# (bytes, elements) of one ggml block of each KV cache type (ggml-common.h: block_q8_0, block_q4_0)
+KV_BLOCK_BYTES: dict[str, tuple[int, int]] = {"f16": (2, 1), "q8_0": (34, 32), "q4_0": (18, 32)}
 
 
 class InsufficientMemory(RunnerFailed):
@@ -39,7 +41,13 @@ def _per_layer(value: object, n_layer: int) -> list[int]:
     return [int(value)] * n_layer  # type: ignore[call-overload]
 
 
-def kv_bytes(metadata: dict[str, object], arch: str, num_ctx: int, sequences: int) -> int:
+def row_bytes(cache_type: str, elements: int) -> int:
+    """Bytes of a row of `elements` of a cache type, as ggml_row_size counts them (whole blocks)."""
+    size, block = KV_BLOCK_BYTES[cache_type]
+    return -(-elements // block) * size
+
+
+def kv_bytes(metadata: dict[str, object], arch: str, num_ctx: int, sequences: int, cache_type: str = "f16") -> int:
     n_layer = int(metadata.get(f"{arch}.block_count", 0) or 0)  # type: ignore[call-overload]
     if n_layer <= 0:
         return 0
@@ -48,9 +56,10 @@ def kv_bytes(metadata: dict[str, object], arch: str, num_ctx: int, sequences: in
     heads = _per_layer(n_head, n_layer)
     kv_heads = _per_layer(metadata.get(f"{arch}.attention.head_count_kv", n_head) or n_head, n_layer)
     default_dim = n_embd // max(heads[0], 1) if heads and heads[0] else 0
-    key_dim = int(metadata.get(f"{arch}.attention.key_length", default_dim) or default_dim)  # type: ignore[call-overload]
-    value_dim = int(metadata.get(f"{arch}.attention.value_length", default_dim) or default_dim)  # type: ignore[call-overload]
-    per_cell = sum(h * (key_dim + value_dim) for h in kv_heads) * KV_BYTES_PER_ELEMENT
+    key_dim = int(metadata.get(f"{arch}.attention.key_length", default_dim) or default_dim)  # type: ignore[call-overload,arg-type]
+    value_dim = int(metadata.get(f"{arch}.attention.value_length", default_dim) or default_dim)  # type: ignore[call-overload,arg-type]
+    # Per layer and cell, one row of K (n_head_kv x key_dim) and one of V, as llama.cpp's cache lays them out.
+    per_cell = sum(row_bytes(cache_type, h * key_dim) + row_bytes(cache_type, h * value_dim) for h in kv_heads)
     return per_cell * num_ctx * sequences
 
 
@@ -70,7 +79,7 @@ def required_bytes(spec: LoadSpec) -> int:
         except OSError:
             pass
     sequences = 1 if spec.embedding else spec.num_parallel
-    return size + kv_bytes(info.metadata, info.architecture, spec.num_ctx, sequences)
+    return size + kv_bytes(info.metadata, info.architecture, spec.num_ctx, sequences, spec.kv_cache_type)
 
 
 def available_bytes() -> int | None:

@@ -26,7 +26,7 @@ from herd.errors import (
 )
 from herd.images import DecodedImage, decode_all, image_digest
 from herd.limits import RequestLimits
-from herd.options import Limits, load_options, merge, sampling_params
+from herd.options import Limits, cache_settings, load_options, merge, sampling_params
 from herd.parsing.base import Delta, IncrementalParser, PassThrough, ToolCall
 from herd.prompt.builder import IMAGE_TOKENS, PROMPT_TOO_LONG, THINK_CLOSE, THINK_OPEN, RenderedPrompt, build_prompt
 from herd.registry.models import ModelCatalog, ResolvedModel
@@ -142,6 +142,12 @@ class ChatService:
         num_ctx = lo.num_ctx
         if projector is not None and num_ctx < VISION_MIN_CTX:
             num_ctx = min(VISION_MIN_CTX, model.gguf.context_length or VISION_MIN_CTX)
+        # The model's kv_cache_type option (request or Modelfile) over OLLAMA_KV_CACHE_TYPE; a quantized cache with
+        # flash attention off is refused here, before any runner starts (400).
+        kv_cache_type, flash_attention = cache_settings(
+            lo.kv_cache_type or self.settings.kv_cache_type, self.settings.flash_attention,
+            "kv_cache_type" if lo.kv_cache_type else "OLLAMA_KV_CACHE_TYPE",
+        )
         return LoadSpec(
             model_path=str(model.model_path),
             num_ctx=num_ctx,
@@ -152,6 +158,10 @@ class ChatService:
             embedding=embedding,
             prompt_cache=self.settings.prompt_cache,
             projector_path=str(projector) if projector is not None else "",
+            kv_cache_type=kv_cache_type,
+            flash_attention=flash_attention,
+            n_gpu_layers=lo.num_gpu,
+            main_gpu=lo.main_gpu,
         )
 
     def check_capabilities(self, model: ResolvedModel, turn: ChatTurn, sent_name: str) -> Think | None:
