@@ -101,7 +101,7 @@ class Settings:
     port: int = DEFAULT_PORT
     models_dir: Path = field(default_factory=lambda: Path.home() / ".herd" / "models")
     keep_alive_s: float = 300.0  # seconds; negative = forever
-    num_parallel: int = 8  # best aggregate throughput on a 2-core CPU (see README)
+    num_parallel: int = 0  # 0: per model, as many slots (up to 8) as fit in memory (see README)
     max_loaded_models: int = 3
     max_queue: int = 512
     context_length: int = 4096
@@ -161,7 +161,7 @@ class Settings:
             port=port,
             models_dir=Path(models).expanduser() if models else Path.home() / ".herd" / "models",
             keep_alive_s=keep_alive,
-            num_parallel=max(1, _int(8, "HERD_NUM_PARALLEL", "OLLAMA_NUM_PARALLEL")),
+            num_parallel=max(0, _int(0, "HERD_NUM_PARALLEL", "OLLAMA_NUM_PARALLEL")),
             max_loaded_models=max_loaded if max_loaded > 0 else 3,
             max_queue=max(1, _int(512, "HERD_MAX_QUEUE", "OLLAMA_MAX_QUEUE")),
             context_length=max(4, _int(4096, "HERD_CONTEXT_LENGTH", "OLLAMA_CONTEXT_LENGTH")),

@@ -39,6 +39,8 @@ def test_load_and_unload_shortcuts(http: httpx.Client, server: HerdServer) -> No
     assert MODEL in ps_names(http)
     entry = http.get("/api/ps").json()["models"][0]
     assert entry["size"] > 0 and entry["context_length"] == 4096
+    # OLLAMA_NUM_PARALLEL unset: slots sized to memory; 8 slots of 4096 cells of this model take 720 MiB
+    assert entry["num_parallel"] == 8
     expires = datetime.fromisoformat(entry["expires_at"].replace("Z", "+00:00"))
     assert 200 < (expires - datetime.now(expires.tzinfo)).total_seconds() <= 301
     assert server.runner_pids()

@@ -12,6 +12,7 @@ f16 scale = 18 bytes). Compute buffers are left out: they are small beside the c
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from herd.engine.protocol import LoadSpec
@@ -80,6 +81,21 @@ def required_bytes(spec: LoadSpec) -> int:
             pass
     sequences = 1 if spec.embedding else spec.num_parallel
     return size + kv_bytes(info.metadata, info.architecture, spec.num_ctx, sequences, spec.kv_cache_type)
+
+
+MAX_AUTO_SLOTS = 8  # the most slots herd gives a model by itself (OLLAMA_NUM_PARALLEL may set more)
+
+
+def slots_that_fit(spec: LoadSpec, have: int | None, most: int = MAX_AUTO_SLOTS) -> int:
+    """How many slots of `spec.num_ctx` cells (each its own KV stream) fit in `have` bytes beside the weights: at
+    most `most`, at least 1 (a model whose one slot does not fit is then refused by check_fits, with Ollama's text).
+    Unknown memory or an unreadable file: `most`."""
+    one = required_bytes(replace(spec, num_parallel=1, embedding=False))
+    weights = required_bytes(replace(spec, num_parallel=0, embedding=False))
+    per_slot = one - weights
+    if have is None or not one or per_slot <= 0:
+        return most
+    return max(1, min(most, (have - weights) // per_slot))
 
 
 def available_bytes() -> int | None:

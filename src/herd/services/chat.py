@@ -117,6 +117,7 @@ class ChatService:
         self.limits = Limits(settings.context_length, settings.max_num_ctx, settings.max_num_predict, settings.threads,
                              settings.max_num_batch)
         self.request_limits = RequestLimits.from_settings(settings)
+        self._auto_slots: dict[tuple[str, int, str, str], int] = {}
 
     def resolve(self, name: str) -> ResolvedModel:
         try:
@@ -148,7 +149,7 @@ class ChatService:
             lo.kv_cache_type or self.settings.kv_cache_type, self.settings.flash_attention,
             "kv_cache_type" if lo.kv_cache_type else "OLLAMA_KV_CACHE_TYPE",
         )
-        return LoadSpec(
+        spec = LoadSpec(
             model_path=str(model.model_path),
             num_ctx=num_ctx,
             num_batch=lo.num_batch,
@@ -163,6 +164,21 @@ class ChatService:
             n_gpu_layers=lo.num_gpu,
             main_gpu=lo.main_gpu,
         )
+        if spec.num_parallel <= 0:
+            spec = replace(spec, num_parallel=self.auto_slots(spec))
+        return spec
+
+    def auto_slots(self, spec: LoadSpec) -> int:
+        """Slots for a model when OLLAMA_NUM_PARALLEL is not set: as many (up to 8) as its KV cache of num_ctx
+        cells each fits in the memory available, counted once per model and settings. Counted again on every
+        request, the memory the loaded model itself takes would shrink the count and force a reload."""
+        key = (spec.model_path, spec.num_ctx, spec.kv_cache_type, spec.projector_path)
+        slots = self._auto_slots.get(key)
+        if slots is None:
+            from herd.scheduler.memory import available_bytes, slots_that_fit
+
+            slots = self._auto_slots[key] = slots_that_fit(spec, available_bytes())
+        return slots
 
     def check_capabilities(self, model: ResolvedModel, turn: ChatTurn, sent_name: str) -> Think | None:
         caps = model.capabilities

@@ -128,6 +128,7 @@ class ModelViews:
                 "expires_at": rfc3339_local(expires.astimezone()),
                 "size_vram": 0,
                 "context_length": entry.spec.num_ctx,
+                "num_parallel": entry.spec.num_parallel,  # herd's: the slots (conversations at once) it got
             })
         return out
 

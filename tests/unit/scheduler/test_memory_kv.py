@@ -137,3 +137,48 @@ def test_modelfile_parameter_kv_cache_type_is_typed_and_checked() -> None:
     assert typed_parameters({"kv_cache_type": "q4_0"}) == {"kv_cache_type": "q4_0"}
     with _pytest.raises(InvalidRequest):
         typed_parameter("kv_cache_type", "q3_k")
+
+
+def test_auto_slots_grow_when_num_ctx_shrinks() -> None:
+    """Slots sized to memory (point 5): with the default model's real header and a fixed amount of memory, as many
+    slots of num_ctx cells as fit beside the weights, up to 8: halving num_ctx about doubles them; a slot that does
+    not fit still gives one (then check_fits refuses the load with Ollama's text); unknown memory gives 8."""
+    from dataclasses import replace
+
+    from herd.scheduler.memory import MAX_AUTO_SLOTS, slots_that_fit
+
+    spec = LoadSpec(model_path=str(default_model()), num_ctx=8192, num_batch=512, num_parallel=0, num_thread=2,
+                    use_mmap=True)
+    weights = required_bytes(replace(spec, num_parallel=0))
+    per_slot = required_bytes(replace(spec, num_parallel=1)) - weights
+    have = weights + int(3.5 * per_slot)
+    assert slots_that_fit(spec, have) == 3
+    assert slots_that_fit(replace(spec, num_ctx=4096), have) == 7
+    assert slots_that_fit(replace(spec, num_ctx=2048), have) == MAX_AUTO_SLOTS
+    assert slots_that_fit(replace(spec, kv_cache_type="q4_0"), have) == MAX_AUTO_SLOTS  # a smaller cache: more
+    assert slots_that_fit(spec, weights) == 1
+    assert slots_that_fit(spec, None) == MAX_AUTO_SLOTS
+
+
+def test_auto_slots_are_counted_once_per_model_and_settings(tmp_path: Path) -> None:
+    """A loaded model takes memory: counting again per request would give fewer slots, a new LoadSpec and a
+    reload. The count is kept per model, num_ctx and cache type; OLLAMA_NUM_PARALLEL, when set, wins."""
+    from herd.registry.models import ModelCatalog
+    from herd.registry.store import Store
+    from herd.scheduler.scheduler import Scheduler
+    from herd.services.chat import ChatService
+
+    class Model:
+        model_path = default_model()
+        vision_projector = None
+
+        class gguf:
+            context_length = 8192
+
+    svc = ChatService(ModelCatalog(Store(tmp_path)), Scheduler(lambda s: None), Settings())
+    first = svc.load_spec(Model(), {})  # type: ignore[arg-type]
+    assert 1 <= first.num_parallel <= 8
+    svc._auto_slots[(first.model_path, first.num_ctx, first.kv_cache_type, "")] = 5  # as if memory had shrunk
+    assert svc.load_spec(Model(), {}).num_parallel == 5  # type: ignore[arg-type]
+    fixed = ChatService(svc.catalog, svc.scheduler, Settings(num_parallel=3))
+    assert fixed.load_spec(Model(), {}).num_parallel == 3  # type: ignore[arg-type]
