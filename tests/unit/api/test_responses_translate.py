@@ -15,8 +15,9 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from herd.api.errors import openai_error_body
-from herd.api.openai import responses as R
+from herd.api.openai import responses_request as R
 from herd.api.openai import responses_routes
+from herd.api.openai import responses_stream as S
 from herd.api.openai import responses_wire as wire
 from herd.api.openai.translate import EFFORT_ERROR, IMAGE_URLS_REFUSED
 from herd.engine.protocol import TokenLogprob, TopLogprob
@@ -354,15 +355,15 @@ REASON_TEXT_CALL = [
 ]
 
 
-def run(chunks: list[ChatChunk], on_done: R.OnDone | None = None, **body: Any) -> tuple[R.ResponseStream,
-                                                                                          list[R.Event]]:
+def run(chunks: list[ChatChunk], on_done: S.OnDone | None = None, **body: Any) -> tuple[S.ResponseStream,
+                                                                                          list[S.Event]]:
     body.setdefault("tools", [WEATHER])
-    stream = R.ResponseStream(plan(**body), on_done)
+    stream = S.ResponseStream(plan(**body), on_done)
     events = [e for c in chunks for e in stream.feed(c)]
     return stream, events
 
 
-def output(stream: R.ResponseStream) -> list[dict[str, Any]]:
+def output(stream: S.ResponseStream) -> list[dict[str, Any]]:
     assert stream.response is not None
     return stream.response["output"]  # type: ignore[return-value]
 
@@ -418,8 +419,8 @@ def test_non_streamed_is_the_same_state_machine() -> None:
             yield c
 
     streamed, _ = run(REASON_TEXT_CALL)
-    stream = R.ResponseStream(plan(tools=[WEATHER]))
-    doc = asyncio.run(R.collect(stream, gen()))
+    stream = S.ResponseStream(plan(tools=[WEATHER]))
+    doc = asyncio.run(S.collect(stream, gen()))
     strip = [{k: v for k, v in item.items() if k != "id"} for item in doc["output"]]  # type: ignore[attr-defined]
     assert strip == [{k: v for k, v in item.items() if k != "id"}
                      for item in output(streamed)]
@@ -478,7 +479,7 @@ def test_an_error_after_the_start_is_one_failed_event() -> None:
 
 
 def test_sse_framing() -> None:
-    stream = R.ResponseStream(plan())
+    stream = S.ResponseStream(plan())
     text = stream.encode(ChatChunk(content="Hi"))
     assert text is not None
     blocks = text.split("\n\n")[:-1]

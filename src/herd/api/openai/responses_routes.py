@@ -1,5 +1,5 @@
 """/v1/responses (OpenAI's Responses API, as Codex CLI and `client.responses.create` speak it): parse, translate
-(`responses.py`), run the chat turn, encode.
+(`responses_request.py`), run the chat turn, encode (`responses_stream.py`).
 
 Errors are OpenAI's shape with the native status codes; an unknown `previous_response_id` is a 404 with
 `param` and `code` set. Streams are SSE `event: <type>` / `data: {...}` pairs, with no `[DONE]` (the Responses
@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from herd.api.body import read_json
 from herd.api.common import openapi_body, services
 from herd.api.errors import OpenAIJSON, openai_error_body, status_of
-from herd.api.openai import responses
+from herd.api.openai import responses_request, responses_stream
 from herd.api.openai import responses_wire as wire
 from herd.api.streaming import stream_response, until_disconnect
 from herd.errors import HerdError, ResponseNotFound
@@ -36,7 +36,7 @@ def _error(exc: HerdError) -> Response:
     return OpenAIJSON(openai_error_body(status, exc.message, param=param), status_code=status)
 
 
-def _storer(svc: Services, plan: responses.ResponsePlan, response_id: str) -> responses.OnDone | None:
+def _storer(svc: Services, plan: responses_request.ResponsePlan, response_id: str) -> responses_stream.OnDone | None:
     if not plan.store:
         return None
 
@@ -53,15 +53,15 @@ async def create_response(request: Request) -> Response:
         body = await read_json(request, svc.settings.max_body_bytes)
         req = wire.decode(wire.ResponsesRequest, {} if body is None else body)
         if svc.settings.allow_image_urls:
-            await until_disconnect(request, responses.fetch_remote_images(req, svc.settings.max_image_bytes,
+            await until_disconnect(request, responses_request.fetch_remote_images(req, svc.settings.max_image_bytes,
                                                                           svc.settings.max_images))
         earlier = svc.responses.get(req.previous_response_id).conversation if req.previous_response_id else ()
-        plan = responses.plan(req, earlier)
+        plan = responses_request.plan(req, earlier)
         chunks = svc.chat.chat(plan.turn)
-        stream = responses.ResponseStream(plan)
+        stream = responses_stream.ResponseStream(plan)
         stream.on_done = _storer(svc, plan, stream.id)
         if not req.stream:  # OpenAI's default is not to stream
-            return OpenAIJSON(await until_disconnect(request, responses.collect(stream, chunks)))
+            return OpenAIJSON(await until_disconnect(request, responses_stream.collect(stream, chunks)))
     except HerdError as exc:
         return _error(exc)
     # The first chunk's events carry response.created and response.in_progress, so an error before the first
