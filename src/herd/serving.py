@@ -66,7 +66,7 @@ class DrainingServer(uvicorn.Server):
 
 
 def log_devices(settings: Settings, log_level: str = "warning") -> None:
-    """Log the devices llama.cpp sees (engine/worker.py: device_report) and the cache settings runners load with,
+    """Log the devices llama.cpp sees (engine/devices.py: device_report) and the cache settings runners load with,
     as `herd: ...` lines on stderr, like Ollama's startup lines about its GPUs. They show at the default log level
     (warning, where uvicorn's own INFO lines are hidden) and not at error or critical. The report comes from a
     short child process, so the server itself never initialises a GPU runtime (a CUDA context would hold device
@@ -76,7 +76,7 @@ def log_devices(settings: Settings, log_level: str = "warning") -> None:
 
     def report() -> None:
         try:
-            done = subprocess.run([sys.executable, "-m", "herd.engine.worker", "--devices"], capture_output=True,
+            done = subprocess.run([sys.executable, "-m", "herd.engine.devices", "--devices"], capture_output=True,
                                   text=True, timeout=120, check=False)
             lines = done.stdout.splitlines() or [f"llama.cpp devices: not listed ({done.stderr.strip()[-300:]})"]
         except (OSError, subprocess.SubprocessError) as exc:
