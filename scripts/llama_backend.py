@@ -34,6 +34,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -41,11 +42,13 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 LLAMA_CPP_PYTHON = "0.3.36"  # the version install.sh pins
 STAMP = "herd_build.json"  # written into the installed llama_cpp package after a build by install.sh
 BACKENDS = ("cpu", "cuda", "metal", "vulkan", "rocm")
 _AMX_OFF = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+RPC = "-DGGML_RPC=ON"
 AMX_WORKAROUND = f"-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='{_AMX_OFF}' -DCMAKE_CXX_FLAGS='{_AMX_OFF}'"
 _X86 = frozenset({"x86_64", "amd64", "x86", "i386", "i686"})
 
@@ -86,9 +89,17 @@ def has_amx(facts: Facts) -> bool:
 
 
 def choose(facts: Facts) -> Choice:
-    """The backend and CMAKE_ARGS for these facts. Raises ValueError for a HERD_LLAMA_BACKEND it does not know."""
+    """The backend and CMAKE_ARGS for these facts. Raises ValueError for a HERD_LLAMA_BACKEND it does not know.
+
+    Every build but a custom one also gets llama.cpp's RPC backend, so that `herd rpc-worker` and HERD_RPC_SERVERS
+    work on any install (it adds about 4% to the build)."""
     if facts.override is not None:
         return Choice("custom", facts.override.strip(), ("HERD_LLAMA_CMAKE_ARGS overrides the choice",))
+    backend = _choose_backend(facts)
+    return Choice(backend.backend, f"{backend.cmake_args} {RPC}".strip(), backend.reasons)
+
+
+def _choose_backend(facts: Facts) -> Choice:
     requested = facts.requested.strip().lower()
     requested = {"": "auto", "hip": "rocm"}.get(requested, requested)
     if requested != "auto" and requested not in BACKENDS:
@@ -264,6 +275,17 @@ def build_features_match(choice: Choice, system_info: str, gpu_offload: bool) ->
     return ""
 
 
+def _gpu_offload(llama_cpp: Any, pkg: Path) -> bool:
+    """Whether the build offloads to a GPU. llama_supports_gpu_offload() is true for an RPC build too (remote
+    devices are offload targets), so with RPC in the build it takes a GPU backend's library beside libllama."""
+    if not llama_cpp.llama_supports_gpu_offload():
+        return False
+    if not llama_cpp.llama_supports_rpc():
+        return True
+    return any(re.match(r"libggml-(cuda|vulkan|hip|metal|sycl|musa|opencl|cann)\b", f.name)
+               for f in (pkg / "lib").glob("libggml-*"))
+
+
 def check_installed(choice: Choice) -> str:
     """ "" when the installed llama-cpp-python is the build this choice wants, else why not. With a stamp (a build
     by install.sh) the recorded backend and CMAKE_ARGS must match; without one (an older install), what the build
@@ -294,7 +316,7 @@ def check_installed(choice: Choice) -> str:
     except Exception as exc:  # a broken build: rebuild
         return f"llama_cpp does not import: {exc}"
     info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
-    return build_features_match(choice, info, bool(llama_cpp.llama_supports_gpu_offload()))
+    return build_features_match(choice, info, _gpu_offload(llama_cpp, pkg))
 
 
 def write_stamp(choice: Choice) -> str:
@@ -308,7 +330,7 @@ def write_stamp(choice: Choice) -> str:
     except Exception as exc:
         return f"llama_cpp does not import: {exc}"
     info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
-    why = build_features_match(choice, info, bool(llama_cpp.llama_supports_gpu_offload()))
+    why = build_features_match(choice, info, _gpu_offload(llama_cpp, pkg))
     if why:
         return why
     record = {

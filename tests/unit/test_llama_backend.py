@@ -30,9 +30,21 @@ ARM = frozenset({"fp", "asimd", "sve"})
 
 
 def choice(**facts: object) -> tuple[str, str]:
+    """(backend, CMAKE_ARGS) without the RPC flag, which every choice but a custom one ends with (issue 17)."""
     c = lb.choose(lb.Facts(**facts))
     assert c.reason  # every choice says why
-    return c.backend, c.cmake_args
+    if c.backend == "custom":
+        return c.backend, c.cmake_args
+    assert c.cmake_args.endswith(lb.RPC), c.cmake_args
+    return c.backend, c.cmake_args.removesuffix(lb.RPC).strip()
+
+
+def test_every_build_but_a_custom_one_has_the_rpc_backend() -> None:
+    assert lb.choose(lb.Facts(system="Linux", machine="x86_64", cpu_flags=AVX2)).cmake_args == "-DGGML_RPC=ON"
+    assert "-DGGML_RPC=ON" in shlex.split(lb.choose(lb.Facts(system="Darwin", machine="arm64")).cmake_args)
+    assert lb.choose(lb.Facts(system="Linux", machine="x86_64", override="-DGGML_BLAS=ON")).cmake_args == (
+        "-DGGML_BLAS=ON"
+    )
 
 
 def test_linux_x86_without_amx_is_a_plain_native_cpu_build() -> None:
@@ -76,7 +88,7 @@ def test_cuda_on_request_needs_only_nvcc_and_names_an_nvcc_off_path() -> None:
     backend, args = choice(**base, nvcc="/usr/local/cuda/bin/nvcc", nvcc_on_path=False)
     assert (backend, args) == ("cuda", "-DGGML_CUDA=ON -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc")
     c = lb.choose(lb.Facts(**{**base, "nvcc": ""}))
-    assert (c.backend, c.cmake_args) == ("cpu", "") and "nvcc" in c.reason
+    assert (c.backend, c.cmake_args) == ("cpu", lb.RPC) and "nvcc" in c.reason
 
 
 def test_cuda_on_an_amx_host_keeps_the_cpu_backend_safe() -> None:
