@@ -12,6 +12,7 @@ import httpx
 from herd import cli_models
 from herd.cli_client import CliError, check, client, fail, stream_lines
 from herd.config import Settings
+from herd.engine.rpc import DEFAULT_PORT as DEFAULT_RPC_PORT
 
 # ---- verbs ---------------------------------------------------------------------------------------------------
 
@@ -19,8 +20,25 @@ from herd.config import Settings
 def cmd_serve(args: argparse.Namespace) -> int:
     from herd.serving import serve
 
-    serve(Settings.from_env(), args.log_level)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # HERD_RPC_SERVERS that is not a list of host:port
+        return fail(f"HERD_RPC_SERVERS: {exc}")
+    if settings.rpc_servers:
+        from herd.engine.rpc import check_build
+
+        why = check_build()
+        if why:
+            return fail(f"HERD_RPC_SERVERS is set, but {why}")
+    serve(settings, args.log_level)
     return 0
+
+
+def cmd_rpc_worker(args: argparse.Namespace) -> int:
+    from herd.config import physical_cores
+    from herd.engine.rpc_worker import serve
+
+    return serve(args.host, args.port, args.threads or physical_cores(), args.mem)
 
 
 def _chat(c: httpx.Client, model: str, messages: list[dict[str, str]], out: list[str]) -> None:
@@ -203,6 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
     rm = sub.add_parser("rm", help="remove models")
     rm.add_argument("models", nargs="+")
     rm.set_defaults(func=cli_models.cmd_rm)
+    rw = sub.add_parser("rpc-worker", help="lend this machine's CPU or GPU to herd servers (llama.cpp RPC)",
+                        description="Serve this machine's GPUs, or its CPU, to herd servers that list it in "
+                        "HERD_RPC_SERVERS. The protocol has no authentication: use a trusted network only.")
+    rw.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    rw.add_argument("--port", type=int, default=DEFAULT_RPC_PORT,
+                    help=f"port to listen on (default {DEFAULT_RPC_PORT})")
+    rw.add_argument("--threads", type=int, default=0, help="CPU threads (default: one per physical core)")
+    rw.add_argument("--mem", type=int, default=None, metavar="BYTES",
+                    help="memory to offer, which servers split layers by (default: the device's own)")
+    rw.set_defaults(func=cmd_rpc_worker)
     st = sub.add_parser("stop", help="unload a model")
     st.add_argument("model")
     st.set_defaults(func=cmd_stop)

@@ -136,6 +136,17 @@ def _create_body(args: argparse.Namespace, c: httpx.Client) -> dict[str, object]
         body["from"] = mf.from_
     if len(mf.froms) > 1 and not source.is_file():
         raise CliError("a second FROM (a vision projector) must follow a FROM of a GGUF file")
+    if mf.draft:
+        # As `ollama create` does: a local draft GGUF goes up as a blob and is named in `draft_files`; a name that
+        # is no file is a model of the server's, sent as `draft`.
+        draft = Path(mf.draft).expanduser()
+        draft = draft if draft.is_absolute() else path.parent / draft
+        if draft.is_file():
+            body["draft_files"] = {draft.name: _upload_blob(c, draft)}
+        elif mf.draft.startswith(("/", "./", "../", "~")) or mf.draft.lower().endswith(".gguf"):
+            raise CliError(f"{draft}: no such file")
+        else:
+            body["draft"] = mf.draft
     if mf.template is not None:
         body["template"] = mf.template
     if mf.system is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from herd.durations import parse_keep_alive
 from herd.engine.protocol import KV_CACHE_TYPES
+from herd.engine.rpc import parse_servers
 
 DEFAULT_PORT = 11434
 
@@ -134,6 +135,14 @@ class Settings:
     # attention (engine/protocol.py: KV_CACHE_TYPES, FLASH_ATTENTION_MODES)
     kv_cache_type: str = "f16"
     flash_attention: str = "auto"
+    # Speculative decoding (engine/speculative.py): off with HERD_SPECULATIVE=0; HERD_SPEC_FASTFORWARD=0 turns off
+    # only the grammar fast-forward part (to measure it)
+    speculative: bool = True
+    fast_forward: bool = True
+    # llama.cpp RPC workers (`herd rpc-worker`) that models offload their layers to, and the only ones a
+    # Modelfile or request may name (engine/rpc.py); how long one decode step through them may take
+    rpc_servers: tuple[str, ...] = ()
+    rpc_timeout_s: float = 60.0
 
     @property
     def threads(self) -> int:
@@ -190,4 +199,10 @@ class Settings:
             responses_ttl_s=max(0.0, _float(cls.responses_ttl_s, "HERD_RESPONSES_TTL")),
             kv_cache_type=kv_cache_type_from_env(_env("HERD_KV_CACHE_TYPE", "OLLAMA_KV_CACHE_TYPE")),
             flash_attention=flash_attention_from_env(_env("HERD_FLASH_ATTENTION", "OLLAMA_FLASH_ATTENTION")),
+            speculative=(_env("HERD_SPECULATIVE") or "1") not in ("0", "false", "off"),
+            fast_forward=(_env("HERD_SPEC_FASTFORWARD") or "1") not in ("0", "false", "off"),
+            # A bad worker list is an error (ValueError naming the entry; `herd serve` says it and exits), not a
+            # silent local load: the user asked for the layers to be elsewhere.
+            rpc_servers=parse_servers(_env("HERD_RPC_SERVERS") or ""),
+            rpc_timeout_s=max(0.5, _float(cls.rpc_timeout_s, "HERD_RPC_TIMEOUT")),
         )

@@ -78,6 +78,17 @@ class RunnerFailed(HerdError):
     """The model runner process died or failed to load the model (500)."""
 
 
+class RpcWorkerFailed(RunnerFailed):
+    """A llama.cpp RPC worker (HERD_RPC_SERVERS) that a model's layers need refuses connections, fails its
+    handshake, or died under a running model (502: the upstream this server depends on failed). The message
+    names the worker as host:port."""
+
+
+class RpcWorkerTimeout(RpcWorkerFailed):
+    """An RPC worker did not answer in time: its handshake before a load (it serves one client at a time, so it
+    may be busy with another, or it is frozen) or a decode step through it (HERD_RPC_TIMEOUT) (504)."""
+
+
 class ShuttingDown(HerdError):
     """The server is stopping and takes no new work (503)."""
 

@@ -18,16 +18,19 @@ FLOAT_OPTIONS = {
     "temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
     "mirostat_tau", "mirostat_eta", "tfs_z",
 }
-# Accepted and not used, as Ollama does (clients such as LangChain and Open WebUI still send them). Without a draft
-# model draft_num_predict has nothing to draft (Ollama ignores it the same way). num_gpu and main_gpu are load
-# options (load_options): on a build without GPU offload every value runs on the CPU.
+# Accepted and not used, as Ollama does (clients such as LangChain and Open WebUI still send them). num_gpu and
+# main_gpu are load options (load_options): on a build without GPU offload every value runs on the CPU.
+# draft_num_predict caps the tokens speculation proposes per step (0 = none for this request).
 IGNORED_OPTIONS = frozenset({
     "mirostat", "mirostat_tau", "mirostat_eta", "tfs_z", "penalize_newline", "low_vram", "f16_kv", "vocab_only",
-    "logits_all", "num_gqa", "embedding_only", "use_mlock", "numa", "draft_num_predict",
+    "logits_all", "num_gqa", "embedding_only", "use_mlock", "numa",
 })
 # Options whose value is one word of a fixed set. kv_cache_type is herd's per-model form of OLLAMA_KV_CACHE_TYPE
 # (Ollama has only the variable): request options, and Modelfile PARAMETER once the registry reads string values.
 STRING_OPTIONS: dict[str, tuple[str, ...]] = {"kv_cache_type": KV_CACHE_TYPES}
+# Load options that are lists, written `a,b` in a Modelfile (or a JSON list in a request): herd's llama.cpp RPC
+# workers for a model ("none" = none, on this machine) and llama.cpp's tensor_split, a share of layers per device.
+LIST_OPTIONS = frozenset({"rpc_servers", "tensor_split"})
 log = logging.getLogger(__name__)
 
 BOOL_OPTIONS = {
@@ -55,6 +58,15 @@ def _check(key: str, value: object) -> object:
         if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
             raise InvalidRequest('option "stop" must be of an array of strings')
         return tuple(value)
+    if key in LIST_OPTIONS:
+        from herd.engine.rpc import parse_servers, parse_tensor_split
+
+        if not isinstance(value, (str, list, tuple)):
+            raise InvalidRequest(f'option "{key}" must be a comma-separated string or an array')
+        try:
+            return parse_servers(value) if key == "rpc_servers" else parse_tensor_split(value)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise InvalidRequest(f'option "{key}": {exc}') from None
     if key in STRING_OPTIONS:
         allowed = STRING_OPTIONS[key]
         word = value.strip().lower() if isinstance(value, str) else None
@@ -70,7 +82,8 @@ def validate_options(options: Mapping[str, object]) -> dict[str, object]:
     for key, value in options.items():
         if value is None:
             continue
-        if key in INT_OPTIONS or key in FLOAT_OPTIONS or key in BOOL_OPTIONS or key in STRING_OPTIONS or key == "stop":
+        if (key in INT_OPTIONS or key in FLOAT_OPTIONS or key in BOOL_OPTIONS or key in STRING_OPTIONS
+                or key in LIST_OPTIONS or key == "stop"):
             out[key] = _check(key, value)
     ignored = IGNORED_OPTIONS.intersection(out)
     if ignored:
@@ -87,6 +100,8 @@ class LoadOptions:
     num_gpu: int = -1  # layers offloaded, -1 = all (Ollama's default "as many as fit" is llama.cpp's placement)
     main_gpu: int = -1  # -1 = not set: the layers are split over every GPU
     kv_cache_type: str | None = None  # None = the server's OLLAMA_KV_CACHE_TYPE
+    rpc_servers: tuple[str, ...] | None = None  # None = HERD_RPC_SERVERS; () = on this machine ("none")
+    tensor_split: tuple[float, ...] = ()
 
 
 class KvCacheNeedsFlashAttention(InvalidRequest):
@@ -127,8 +142,11 @@ def load_options(opts: Mapping[str, object], n_ctx_train: int, limits: Limits) -
     # main_gpu given (any value >= 0) puts the whole model on that GPU; not given, the layers are split over all.
     main_gpu = max(0, int(opts["main_gpu"])) if "main_gpu" in opts else -1  # type: ignore[call-overload]
     kv = opts.get("kv_cache_type")
+    rpc_servers, split = opts.get("rpc_servers"), opts.get("tensor_split", ())
     return LoadOptions(num_ctx, num_batch, num_thread, bool(opts.get("use_mmap", True)), num_gpu=num_gpu,
-                       main_gpu=main_gpu, kv_cache_type=kv if isinstance(kv, str) else None)
+                       main_gpu=main_gpu, kv_cache_type=kv if isinstance(kv, str) else None,
+                       rpc_servers=rpc_servers if isinstance(rpc_servers, tuple) else None,
+                       tensor_split=split if isinstance(split, tuple) else ())
 
 
 def cache_settings(kv_cache_type: str, flash_attention: str, source: str = "kv_cache_type") -> tuple[str, str]:
@@ -165,4 +183,5 @@ def sampling_params(opts: Mapping[str, object], limits: Limits, shift: bool = Tr
         stop=tuple(stop),  # type: ignore[arg-type]
         shift=shift,
         num_keep=int(opts.get("num_keep", 4)),  # type: ignore[call-overload]
+        draft_num_predict=int(opts.get("draft_num_predict", -1)),  # type: ignore[call-overload]
     )

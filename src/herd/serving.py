@@ -83,6 +83,9 @@ def log_devices(settings: Settings, log_level: str = "warning") -> None:
             lines = [f"llama.cpp devices: not listed ({exc})"]
         lines.append(f"KV cache {settings.kv_cache_type}, flash attention {settings.flash_attention} "
                      "(OLLAMA_KV_CACHE_TYPE, OLLAMA_FLASH_ATTENTION)")
+        if settings.rpc_servers:
+            lines.append(f"RPC workers {', '.join(settings.rpc_servers)} (HERD_RPC_SERVERS), a decode step through "
+                         f"them may take {settings.rpc_timeout_s:g} s (HERD_RPC_TIMEOUT)")
         sys.stderr.write("".join(f"herd: {line}\n" for line in lines))
         sys.stderr.flush()
 

@@ -40,3 +40,36 @@ def add_model(models_dir: Path, name: str, template: str | None = None, system: 
             layers.append(Layer(LAYER_PREFIX + kind, blob.digest, blob.size))
     store.write_manifest(ModelName.parse(name), Manifest(config=base.config, layers=tuple(layers)))
     return name
+
+
+def f16_copy(work_dir: Path) -> Path:
+    """The default model's weights requantized to F16 by llama.cpp's own llama_model_quantize (a few seconds, no
+    download): memory-bound like the big models people run on CPUs, where verifying several tokens in one pass
+    costs little more than one."""
+    import ctypes
+
+    import llama_cpp as L
+
+    from herd.registry.default_model import default_model_file
+
+    src = default_model_file()
+    assert src is not None, "the default model package is not installed"
+    out = work_dir / "smollm2-f16.gguf"
+    if not out.exists():
+        params = L.llama_model_quantize_default_params()
+        params.ftype = L.LLAMA_FTYPE_MOSTLY_F16
+        params.allow_requantize = True  # the source is Q4_1
+        rc = L.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
+        assert rc == 0, f"llama_model_quantize failed ({rc})"
+    return out
+
+
+def add_gguf_model(models_dir: Path, name: str, gguf: Path) -> str:
+    """A model of the default model's config and template with the weights of `gguf`, linked into the store."""
+    store = Store(models_dir)
+    base = store.find(DEFAULT_MODEL).manifest
+    digest, size = store.add_blob_file(gguf, link=True)
+    layers = [Layer(LAYER_PREFIX + "model", digest, size)]
+    layers += [layer for layer in base.layers if layer.kind != "model"]
+    store.write_manifest(ModelName.parse(name), Manifest(config=base.config, layers=tuple(layers)))
+    return name

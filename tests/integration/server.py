@@ -1,8 +1,10 @@
-"""Starts a real `herd serve` process on a free loopback port, with the real default model."""
+"""Starts a real `herd serve` process on a free loopback port, with the real default model, and `herd rpc-worker`
+processes for it to offload layers to."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -74,3 +76,37 @@ class HerdServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class RpcWorker:
+    """A `herd rpc-worker` on a free loopback port, with one thread unless told (the CI machine has two cores)."""
+
+    def __init__(self, threads: int = 1) -> None:
+        self.port = free_port()
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self.threads = threads
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RpcWorker:
+        from herd.engine import rpc
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "herd.cli", "rpc-worker", "--port", str(self.port),
+                                      "--threads", str(self.threads)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        for _ in range(150):  # up to about 30 s for llama.cpp to load
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"herd rpc-worker exited with {self.proc.returncode}")
+            if rpc.probe(self.endpoint, 1.0).state is rpc.State.HEALTHY:
+                return self
+            time.sleep(0.2)
+        raise RuntimeError(f"herd rpc-worker on {self.endpoint} did not answer")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)  # a frozen worker must wake to die
+            self.proc.kill()
+            self.proc.wait(timeout=10)

@@ -17,6 +17,8 @@ from herd.errors import (
     RegistryError,
     RequestCancelled,
     ResponseNotFound,
+    RpcWorkerFailed,
+    RpcWorkerTimeout,
     RunnerFailed,
     ServerBusy,
     ShuttingDown,
@@ -37,6 +39,8 @@ _STATUS: tuple[tuple[type[HerdError], int], ...] = (
     (ServerBusy, 503),
     (ShuttingDown, 503),
     (RequestCancelled, 499),
+    (RpcWorkerTimeout, 504),  # before RpcWorkerFailed and RunnerFailed, its bases
+    (RpcWorkerFailed, 502),
     (RunnerFailed, 500),
     (BlobNotFound, 404),
     (RegistryError, 500),  # Ollama's pull/push answer 500 when stream is false

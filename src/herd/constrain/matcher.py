@@ -150,6 +150,13 @@ class Constraint:
             return
         self._matcher.consume_token(token)
 
+    def forced_tokens(self) -> list[int]:
+        """The tokens the grammar admits as the only way on from here (llguidance's fast-forward tokens: JSON
+        keys, punctuation), not yet accepted; [] when the model has a choice."""
+        if self.is_error():
+            return []
+        return list(self._matcher.compute_ff_tokens())
+
     def is_finished(self) -> bool:
         """The grammar is complete and only EOS may follow (or EOS was accepted): end the sequence."""
         return self._matcher.is_stopped() and not self.is_error()

@@ -81,6 +81,7 @@ def device_report() -> list[str]:
     out = [
         "llama.cpp system info: " + L.llama_print_system_info().decode("utf-8", "replace").strip(" |"),
         "llama.cpp GPU offload: " + ("supported" if L.llama_supports_gpu_offload() else "not in this build"),
+        "llama.cpp RPC backend: " + ("supported" if L.llama_supports_rpc() else "not in this build"),
     ]
     try:
         # ggml's device registry is not wrapped by llama-cpp-python 0.3.36; its C functions are in libggml.

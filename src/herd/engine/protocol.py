@@ -83,6 +83,15 @@ class LoadSpec:
     # over every GPU, >= 0 = the whole model on that one. A build without GPU offload runs every value on the CPU.
     n_gpu_layers: int = -1
     main_gpu: int = -1
+    # llama.cpp RPC workers ("host:port") that hold the offloaded layers (HERD_RPC_SERVERS, PARAMETER rpc_servers),
+    # and the share of layers per device (llama.cpp's tensor_split; empty = by free memory)
+    rpc_servers: tuple[str, ...] = ()
+    tensor_split: tuple[float, ...] = ()
+    # Speculative decoding (HERD_SPECULATIVE): prompt lookup, grammar fast-forward, and a draft model (a GGUF with
+    # the same vocabulary, Modelfile DRAFT) when draft_path is set
+    speculative: bool = True
+    fast_forward: bool = True
+    draft_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,8 @@ class SamplingParams:
     num_keep: int = 4
     # OpenAI's logit_bias: (token id, bias) pairs added to the logits before sampling (ids checked by the server)
     logit_bias: tuple[tuple[int, float], ...] = ()
+    # Speculation's most proposed tokens per step for this request (Ollama's option); -1 = the runner's default
+    draft_num_predict: int = -1
 
 
 @dataclass(frozen=True)
@@ -175,6 +186,18 @@ class Ready:
     error: str = ""
     n_ctx_train: int = 0
     memory_bytes: int = 0
+    # Where the layers went: (device, where, layers) per device, where = an RPC worker's host:port or "local"
+    placement: tuple[tuple[str, str, int], ...] = ()
+    error_kind: str = ""  # with ok False: engine/rpc.py's name of the error class ("rpc_failed", "rpc_timeout")
+
+
+@dataclass(frozen=True)
+class RunnerFatal:
+    """A runner's last frame before it ends itself (an RPC worker died or froze under it: engine/rpc.py). The
+    server fails every request in flight with this message rather than a bare "runner stopped"."""
+
+    error: str
+    kind: str = ""  # as Ready.error_kind
 
 
 class TextEvent(NamedTuple):
@@ -218,10 +241,16 @@ class StatusEvent:
     slot_tokens: tuple[int, ...]
     prompt_evaluated: int = 0  # prompt tokens run through the model since load
     prompt_cached: int = 0  # prompt tokens served from a slot's KV cache instead
+    # Speculation since load (engine/speculative.py): steps that verified proposals, tokens proposed, tokens of
+    # them accepted, and tokens a grammar forced (fast-forward, appended without sampling)
+    spec_steps: int = 0
+    spec_proposed: int = 0
+    spec_accepted: int = 0
+    ff_tokens: int = 0
 
 
 # What a runner may send: the only classes `loads_event` builds.
 EVENT_TYPES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (TopLogprob, TokenLogprob, Ready, TextEvent, DoneEvent, EmbedEvent, StatusEvent)
+    for cls in (TopLogprob, TokenLogprob, Ready, RunnerFatal, TextEvent, DoneEvent, EmbedEvent, StatusEvent)
 }

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from herd.engine import rpc
 from herd.engine.protocol import (
     FRAME_HEADER,
     TEXT_FRAME,
@@ -29,6 +30,7 @@ from herd.engine.protocol import (
     ImageInput,
     LoadSpec,
     Ready,
+    RunnerFatal,
     SamplingParams,
     ShutdownCmd,
     StatusCmd,
@@ -92,9 +94,12 @@ class Runner(Protocol):
 
 
 class ProcessRunner:
-    def __init__(self, spec: LoadSpec) -> None:
+    def __init__(self, spec: LoadSpec, rpc_timeout: float = rpc.DEFAULT_TIMEOUT_S) -> None:
         self.spec = spec
+        self.rpc_timeout = rpc_timeout  # HERD_RPC_TIMEOUT: the runner's watchdog on a step through RPC workers
         self.memory_bytes = 0
+        self.placement: tuple[tuple[str, str, int], ...] = ()  # (device, where, layers), from the runner's Ready
+        self._fatal: RunnerFatal | None = None  # the runner's last words, if it ended itself
         self.pid: int | None = None
         self._proc: mp.process.BaseProcess | None = None
         self._conn: mp.connection.Connection | None = None
@@ -121,8 +126,15 @@ class ProcessRunner:
     async def start(self, timeout: float) -> None:
         from herd.scheduler.memory import check_fits
 
-        # Before any process starts: a load that cannot fit in memory is refused with Ollama's text.
-        await asyncio.to_thread(check_fits, self.spec)
+        if self.spec.rpc_servers:
+            # Before any process starts: a worker that is down, busy or frozen is an error naming it (llama.cpp
+            # would abort or hang on it). The runner probes again just before it connects. No local memory check:
+            # the layers' memory is the workers', which llama.cpp checks as it allocates there.
+            probe_timeout = min(rpc.PROBE_TIMEOUT_S, self.rpc_timeout)
+            await asyncio.to_thread(rpc.check_workers, self.spec.rpc_servers, probe_timeout)
+        else:
+            # Before any process starts: a load that cannot fit in memory is refused with Ollama's text.
+            await asyncio.to_thread(check_fits, self.spec)
         try:
             await self._start(timeout)
         except BaseException:
@@ -136,7 +148,8 @@ class ProcessRunner:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
         self._loop = asyncio.get_running_loop()
-        self._proc = ctx.Process(target=runner_main, args=(child, self.spec), daemon=True, name="herd-runner")
+        self._proc = ctx.Process(target=runner_main, args=(child, self.spec, self.rpc_timeout), daemon=True,
+                                 name="herd-runner")
         self._proc.start()
         child.close()
         self._conn = parent
@@ -149,8 +162,10 @@ class ProcessRunner:
             raise RunnerFailed(f"{RUNNER_STOPPED}: {detail}") from None
         if not ready.ok:
             self._kill()
-            raise RunnerFailed(f"{RUNNER_STOPPED}: {ready.error}")
+            kind = rpc.ERROR_KINDS.get(ready.error_kind)
+            raise kind(ready.error) if kind is not None else RunnerFailed(f"{RUNNER_STOPPED}: {ready.error}")
         self.memory_bytes = ready.memory_bytes
+        self.placement = ready.placement
         # The event loop reads the pipe itself: no reader thread, so no thread hand-off or GIL ping-pong per token.
         self._fd = parent.fileno()
         self._loop.add_reader(self._fd, self._on_readable)
@@ -167,6 +182,8 @@ class ProcessRunner:
             raise
         except Exception as exc:  # a frame that is not one of ours: the runner is not to be trusted
             return Ready(False, error=f"bad message from runner: {exc}")
+        if isinstance(msg, RunnerFatal):  # an RPC worker failed while the runner connected to it
+            return Ready(False, error=msg.error, error_kind=msg.kind)
         if not isinstance(msg, Ready):
             return Ready(False, error=f"unexpected message {msg!r}")
         return msg
@@ -251,6 +268,9 @@ class ProcessRunner:
                 if self._status is not None and not self._status.done():
                     self._status.set_result(ev)
                 continue
+            if isinstance(ev, RunnerFatal):  # the end of file follows: _on_death gives every request this reason
+                self._fatal = ev
+                continue
             q = self._queues.get(ev.req_id)  # type: ignore[attr-defined]
             if q is not None:
                 q.put_nowait(ev)
@@ -261,7 +281,13 @@ class ProcessRunner:
         self._dead = True
         code = self._proc.exitcode if self._proc is not None else None
         detail = f"exit status {code}" if code is not None else "connection lost"
-        err = RunnerFailed(f"{RUNNER_STOPPED}: {detail}")
+        if self._fatal is not None:
+            err: RunnerFailed = rpc.ERROR_KINDS.get(self._fatal.kind, RunnerFailed)(self._fatal.error)
+        elif self.spec.rpc_servers:  # died without last words (they could not be sent): name its workers anyway
+            err = RunnerFailed(f"{RUNNER_STOPPED}: {detail}; its layers were on the RPC workers "
+                               f"{', '.join(self.spec.rpc_servers)}")
+        else:
+            err = RunnerFailed(f"{RUNNER_STOPPED}: {detail}")
         for q in self._queues.values():
             q.put_nowait(err)
         if self._status is not None and not self._status.done():

@@ -4,9 +4,11 @@ It runs in its own process (like Ollama's runner) so a crash in native code kill
 ending the process. The loop, each step:
   1. take commands from the pipe (new requests, cancels), without blocking while work is active;
   2. give waiting requests a free slot, preferring the slot whose cached tokens share the longest prefix;
-  3. build one batch: one token for every decoding sequence, then prompt chunks of prefilling sequences, so a long
-     prompt is prefilled over several steps while the other streams keep decoding;
-  4. llama_decode, then sample each sequence that produced logits with its own sampler chain (and grammar);
+  3. build one batch: for every decoding sequence its last token (and any a grammar forced after it) and the
+     tokens speculation proposes after those (engine/speculative.py), then prompt chunks of prefilling sequences,
+     so a long prompt is prefilled over several steps while the other streams keep decoding;
+  4. llama_decode, then sample each sequence that produced logits with its own sampler chain (and grammar), going
+     on through its proposals while they agree, and drop the rest from the KV cache;
   5. evaluate at most one image chunk of a prefilling sequence (engine/vision.py), on its own;
   6. send all events of the step in one message.
 """
@@ -44,6 +46,7 @@ from herd.engine.protocol import (
     TopLogprob,
     frame,
 )
+from herd.engine.speculative import MAX_PROPOSED, Acceptance, CostCurve, PromptLookup, plan, verify
 from herd.engine.vision import ImageChunk, PreparedImage, Vision, cache_keys
 from herd.parsing.stop import StopMatcher
 
@@ -51,6 +54,12 @@ from herd.parsing.stop import StopMatcher
 # every other stream's next token) stays short. Alone, it uses the whole num_batch.
 INTERLEAVED_PREFILL_CHUNK = 64
 UNBOUNDED_PREDICT_CONTEXTS = 4
+# Tokens a grammar may force into one step (fast-forward); the rest come a step later
+FAST_FORWARD_MAX = 32
+# Step sizes timed at load for speculation's cost curve, and the time that may take (a big model on a CPU stops early
+# and extrapolates)
+COST_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+COST_BUDGET_S = 1.0
 
 # LoadSpec's names -> llama.cpp's (llama_context_params.type_k/type_v, flash_attn_type)
 GGML_CACHE_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0", "q4_0": "GGML_TYPE_Q4_0"}
@@ -75,8 +84,13 @@ class Sequence:
     cached: int
     constraint: object | None = None
     generated: list[int] = field(default_factory=list)
-    next_token: int | None = None  # sampled, not yet decoded
-    batch_index: int = -1
+    # Emitted, not yet decoded: the token sampled last, then any a grammar forced after it (fast-forward)
+    next_tokens: list[int] = field(default_factory=list)
+    draft: list[int] = field(default_factory=list)  # proposed tokens in this step's batch, after next_tokens
+    draft_max: int = 0  # most tokens to propose per step (draft_num_predict; 0 = no speculation)
+    lookup: PromptLookup | None = None
+    acceptance: Acceptance = field(default_factory=Acceptance)
+    batch_index: int = -1  # the batch entry whose logits sample the next token (proposals' follow it)
     t_start: int = 0
     t_first: int = 0
     max_tokens: int = -1
@@ -106,6 +120,16 @@ class Worker:
             mp.split_mode = L.LLAMA_SPLIT_MODE_NONE
             mp.main_gpu = spec.main_gpu
         mp.load_mode = L.LLAMA_LOAD_MODE_MMAP if spec.use_mmap else L.LLAMA_LOAD_MODE_NONE
+        # Layers on llama.cpp RPC workers (HERD_RPC_SERVERS, engine/rpc.py): each worker probed, then registered,
+        # and the offload devices set to exactly those workers, then this machine's GPUs, split by layer.
+        from herd.engine.rpc import Offload, split_array
+
+        self.rpc = Offload(spec.rpc_servers, conn.fileno()) if spec.rpc_servers else None
+        if self.rpc is not None:
+            self.rpc.apply(mp, spec.tensor_split)
+        elif spec.tensor_split:  # over this machine's GPUs only; the array must outlive the load
+            self._tensor_split = split_array(L, spec.tensor_split)
+            mp.tensor_split = self._tensor_split
         self.model = L.llama_model_load_from_file(spec.model_path.encode(), mp)
         if not self.model:
             raise RuntimeError(f"unable to load model: {spec.model_path}{self.load_log.why()}")
@@ -159,6 +183,21 @@ class Worker:
         self._grammar_tokenizer: object | None = None
         self.prompt_evaluated = 0
         self.prompt_cached = 0
+        self.step_started = 0.0  # time.monotonic() when the step now running began; 0.0 between steps
+        self.speculative = spec.speculative and not spec.embedding
+        self.fast_forward = self.speculative and spec.fast_forward
+        self.spec_steps = self.spec_proposed = self.spec_accepted = self.ff_tokens = 0
+        self.draft_model = None
+        if self.speculative and spec.draft_path:
+            from herd.engine.draft import DraftModel
+
+            self.draft_model = DraftModel(L, spec.draft_path, n_par, spec.num_ctx, spec.num_thread, self.n_batch,
+                                          prefill_budget=self.n_batch, n_gpu_layers=spec.n_gpu_layers,
+                                          main_gpu=spec.main_gpu)
+            why = self.draft_model.vocab_mismatch(self.vocab)
+            if why:
+                raise RuntimeError(f"draft model {spec.draft_path}: {why}: a draft must have the model's vocabulary")
+        self.cost = CostCurve.measure(self.time_step, COST_SIZES, COST_BUDGET_S) if self.speculative else CostCurve()
 
     def placement(self) -> tuple[str, int]:
         """Where the model went, as one log line, and the bytes it holds in device (not host) memory: layers per
@@ -244,7 +283,8 @@ class Worker:
         elif isinstance(msg, StatusCmd):
             self.events.append(
                 StatusEvent(len(self.active), sum(not s.busy for s in self.slots),
-                            tuple(len(s.tokens) for s in self.slots), self.prompt_evaluated, self.prompt_cached)
+                            tuple(len(s.tokens) for s in self.slots), self.prompt_evaluated, self.prompt_cached,
+                            self.spec_steps, self.spec_proposed, self.spec_accepted, self.ff_tokens)
             )
         elif isinstance(msg, ShutdownCmd):
             self.running = False
@@ -338,6 +378,10 @@ class Worker:
             if max_tokens < 0:
                 # "Until stop" with context shift could run forever; like Ollama, bound it by a few contexts.
                 max_tokens = UNBOUNDED_PREDICT_CONTEXTS * self.spec.num_ctx
+            draft_max = 0
+            if self.speculative and not (prepared and self.draft_model is not None):  # a draft reads no images
+                want = cmd.sampling.draft_num_predict
+                draft_max = MAX_PROPOSED if want < 0 else min(want, MAX_PROPOSED)
             seq = Sequence(
                 cmd=cmd,
                 slot=slot,
@@ -350,6 +394,8 @@ class Worker:
                 t_start=time.perf_counter_ns(),
                 max_tokens=max_tokens,
                 greedy=self.greedy_only(cmd),
+                draft_max=draft_max,
+                lookup=PromptLookup(cmd.tokens) if draft_max else None,
                 prompt_tokens=sum(i.n_tokens if isinstance(i, ImageChunk) else 1 for i in items),
                 images=prepared,
             )
@@ -362,14 +408,21 @@ class Worker:
         L = self.L
         batch = self.batch
         n = 0
-        decoding = [s for s in self.active.values() if s.next_token is not None]
-        prefilling = [s for s in self.active.values() if s.next_token is None and s.pending]
+        decoding = [s for s in self.active.values() if s.next_tokens]
+        prefilling = [s for s in self.active.values() if not s.next_tokens and s.pending]
+        if self.speculative and decoding:
+            self.propose(decoding, prefilling)
         for seq in decoding:
-            put_token(batch, n, seq.next_token, len(seq.slot.tokens), seq.slot.seq_id, True)  # type: ignore[arg-type]
-            seq.slot.tokens.append(seq.next_token)  # type: ignore[arg-type]
-            seq.next_token = None
-            seq.batch_index = n
-            n += 1
+            # The emitted tokens, logits on the last; then the proposals, each with logits to verify it
+            pos, sid = len(seq.slot.tokens), seq.slot.seq_id
+            last = len(seq.next_tokens) - 1
+            for j, token in enumerate(seq.next_tokens + seq.draft):
+                put_token(batch, n + j, token, pos + j, sid, j >= last)
+            seq.slot.tokens.extend(seq.next_tokens)
+            seq.slot.tokens.extend(seq.draft)
+            seq.batch_index = n + last
+            n += len(seq.next_tokens) + len(seq.draft)
+            seq.next_tokens = []
         budget = self.n_batch - n
         chunk_cap = INTERLEAVED_PREFILL_CHUNK if decoding else budget
         image_seq: Sequence | None = None
@@ -405,9 +458,55 @@ class Worker:
                 now = time.perf_counter_ns()
                 for seq in decoding + prefilling:
                     if seq.batch_index >= 0 and seq.cmd.req_id in self.active:
-                        self.sample(seq, now)
+                        self.advance(seq, now)
         if image_seq is not None and image_seq.cmd.req_id in self.active:
             self.evaluate_image(image_seq)
+
+    def propose(self, decoding: list[Sequence], prefilling: list[Sequence]) -> None:
+        """Set each decoding sequence's proposals for this step (engine/speculative.py): as many as `plan` finds
+        worth their cost, from prompt lookup or from the draft model."""
+        wants: list[tuple[float, int]] = []
+        found: list[list[int]] = []
+        n_base = 0
+        for seq in decoding:
+            n_base += len(seq.next_tokens)
+            room_ctx = self.spec.num_ctx - len(seq.slot.tokens) - len(seq.next_tokens) - 1
+            room_out = seq.max_tokens - len(seq.generated) - 1  # the step's last sampled token counts too
+            most = max(0, min(seq.draft_max, room_ctx, room_out))
+            proposal: list[int] = []
+            if most and seq.lookup is not None:
+                if self.draft_model is None:
+                    proposal = seq.lookup.propose(most)
+                    most = len(proposal)
+            else:
+                most = 0
+            wants.append((seq.acceptance.rate, most))
+            found.append(proposal)
+        n_base += min(sum(len(s.pending) for s in prefilling), INTERLEAVED_PREFILL_CHUNK)
+        ks = plan(wants, n_base, float(len(decoding)), self.cost, self.n_batch - n_base)
+        if self.draft_model is not None:
+            asks = [(seq.slot.seq_id, seq.slot.tokens + seq.next_tokens, k)
+                    for seq, k in zip(decoding, ks) if k > 0]
+            drafted = self.draft_model.propose(asks) if asks else {}  # type: ignore[attr-defined]
+            found = [list(drafted.get(seq.slot.seq_id, ())) for seq in decoding]
+        for seq, k, proposal in zip(decoding, ks, found):
+            seq.draft = proposal[:k]
+
+    def time_step(self, n: int) -> float:
+        """Seconds of one decode of n tokens of one sequence, logits on each (what verifying n - 1 proposals
+        costs), in slot 0 before any request has it. For the cost curve at load."""
+        L, batch = self.L, self.batch
+        n = min(n, self.n_batch, self.spec.num_ctx - 1)
+        tok = max(L.llama_vocab_bos(self.vocab), 0)
+        for j in range(n):
+            put_token(batch, j, tok, j, 0, True)
+        batch.n_tokens = n
+        t0 = time.perf_counter()
+        L.llama_decode(self.ctx, batch)
+        L.llama_synchronize(self.ctx)  # RPC and GPU devices return before the work is done
+        took = time.perf_counter() - t0
+        L.llama_memory_seq_rm(self.mem, 0, 0, -1)
+        return took
 
     def evaluate_image(self, seq: Sequence) -> None:
         """The sequence's next prompt item is an image chunk: encode it and decode it into the sequence's KV, on
@@ -435,10 +534,10 @@ class Worker:
             mine = [e for e in entries if e[2] == seq.slot.seq_id]
             if not mine:
                 continue
-            out = -1
+            out = -1  # the first entry with logits: the one advance samples first
             for i, (tok, pos, sid, logits) in enumerate(mine):
                 put_token(batch, i, tok, pos, sid, bool(logits))
-                if logits:
+                if logits and out < 0:
                     out = i
             batch.n_tokens = len(mine)
             rc_one = L.llama_decode(self.ctx, batch) if len(seqs) > 1 else rc
@@ -453,13 +552,66 @@ class Worker:
                 continue
             if seq.batch_index >= 0 and seq.cmd.req_id in self.active:
                 seq.batch_index = out
-                self.sample(seq, time.perf_counter_ns())
+                self.advance(seq, time.perf_counter_ns())
 
-    def sample(self, seq: Sequence, now: int) -> None:
-        L = self.L
-        idx = seq.batch_index
+    def advance(self, seq: Sequence, now: int) -> None:
+        """After a decode: sample the sequence's next token, and while it equals the proposal at that position,
+        the one after (engine/speculative.py says why that is exact). The proposals not reached leave the KV
+        cache. Then the grammar may force more tokens (fast-forward) into the next step."""
+        draft, seq.draft = seq.draft, []
         if not seq.t_first:
             seq.t_first = now
+        end: tuple[str, bool] | None = None
+
+        def sample(i: int) -> int | None:
+            nonlocal end
+            token, logprobs = self.sample_token(seq, seq.batch_index + i)
+            end = self.emit(seq, token, logprobs)
+            return token if end is None else None
+
+        accepted, token = verify(draft, sample)
+        rejected = len(draft) - accepted
+        if rejected:
+            tokens = seq.slot.tokens
+            self.L.llama_memory_seq_rm(self.mem, seq.slot.seq_id, len(tokens) - rejected, -1)
+            del tokens[len(tokens) - rejected :]
+        if draft:
+            self.spec_steps += 1
+            self.spec_proposed += len(draft)
+            self.spec_accepted += accepted
+        seq.acceptance.update(len(draft), accepted)
+        if token is not None:
+            seq.next_tokens = [token]
+            if self.fast_forward and seq.constraint is not None and not seq.cmd.logprobs:
+                end = self.force(seq)
+        if end is not None:
+            self.finish(seq, end[0], drop_last=end[1])
+            return
+        if len(seq.slot.tokens) + len(seq.next_tokens) >= self.spec.num_ctx and not self.shift_context(seq):
+            self.finish(seq, "length")
+
+    def force(self, seq: Sequence) -> tuple[str, bool] | None:
+        """Grammar fast-forward: the tokens the constraint admits as the only continuation (llguidance computes
+        them) are emitted without sampling and decoded together in the next step. Not with logprobs, which need
+        the model's logits before each token."""
+        forced = seq.constraint.forced_tokens()  # type: ignore[attr-defined]
+        room = min(FAST_FORWARD_MAX, seq.max_tokens - len(seq.generated),
+                   self.spec.num_ctx - len(seq.slot.tokens) - len(seq.next_tokens) - 1)
+        window = self.penalty_window(seq.cmd)
+        for tok in forced[: max(room, 0)]:
+            seq.constraint.accept(tok)  # type: ignore[attr-defined]
+            if window:
+                self.L.llama_sampler_accept(seq.sampler, tok)  # the penalties count forced tokens too
+            self.ff_tokens += 1
+            end = self.emit(seq, tok, ())
+            if end is not None:
+                return end
+            seq.next_tokens.append(tok)
+        return None
+
+    def sample_token(self, seq: Sequence, idx: int) -> tuple[int, tuple[TokenLogprob, ...]]:
+        """The sequence's next token from the logits of batch entry idx, through its grammar and chain."""
+        L = self.L
         logits = None
         bias = seq.cmd.sampling.logit_bias
         if seq.constraint is not None or seq.cmd.logprobs or seq.greedy or bias:
@@ -468,7 +620,6 @@ class Worker:
             # In place: the sampler chain reads these same logits from the context.
             for tok, b in bias:
                 logits[tok] += b  # type: ignore[index]
-        lp_entries: tuple[TokenLogprob, ...] = ()
         raw_logprobs = None
         if seq.cmd.logprobs and logits is not None:
             shifted = logits.astype(np.float64) - float(logits.max())
@@ -483,29 +634,29 @@ class Worker:
             token = L.llama_sampler_sample(seq.sampler, self.ctx, idx)
         if seq.constraint is not None:
             seq.constraint.accept(token)  # type: ignore[attr-defined]
+        if raw_logprobs is not None and token not in self.eog:
+            return token, (self.logprob_entry(token, raw_logprobs, seq.cmd.top_logprobs),)
+        return token, ()
+
+    def emit(self, seq: Sequence, token: int, logprobs: tuple[TokenLogprob, ...]) -> tuple[str, bool] | None:
+        """Add a generated token to the sequence and its text to the step's events. Returns how the sequence
+        ends, (reason, drop the token from the reported ones), when this token ends it, else None."""
         seq.generated.append(token)
         if token in self.eog:
-            self.finish(seq, "stop", drop_last=True)
-            return
-        if raw_logprobs is not None:
-            lp_entries = (self.logprob_entry(token, raw_logprobs, seq.cmd.top_logprobs),)
+            return "stop", True
+        if seq.lookup is not None:
+            seq.lookup.extend((token,))
         text = seq.decoder.decode(self.piece(token))
         out = seq.stop.feed(text) if text else ""
-        if out or lp_entries:
-            self.events.append((seq.cmd.req_id, out, lp_entries))  # a TextEvent, as a plain tuple
+        if out or logprobs:
+            self.events.append((seq.cmd.req_id, out, logprobs))  # a TextEvent, as a plain tuple
         if seq.stop.stopped:
-            self.finish(seq, "stop")
-            return
+            return "stop", False
         if seq.constraint is not None and (seq.constraint.is_finished() or seq.constraint.is_error()):  # type: ignore[attr-defined]
-            self.finish(seq, "stop")
-            return
+            return "stop", False
         if 0 <= seq.max_tokens <= len(seq.generated):
-            self.finish(seq, "length")
-            return
-        if len(seq.slot.tokens) + 1 >= self.spec.num_ctx and not self.shift_context(seq):
-            self.finish(seq, "length")
-            return
-        seq.next_token = token
+            return "length", False
+        return None
 
     def shift_context(self, seq: Sequence) -> bool:
         """Ollama's context shift (spec 2.7): keep the first num_keep tokens, drop half of the rest from the KV
@@ -605,7 +756,10 @@ class Worker:
                     return  # the server went away: nothing left to serve
             self.assign_slots()
             if self.active:
+                # Read by a watchdog thread (engine/rpc.py): a step through a frozen RPC worker never returns.
+                self.step_started = time.monotonic()
                 self.step()
+                self.step_started = 0.0
             if self.events:
                 events, self.events = self.events, []
                 _write_all(fd, frame(events))
@@ -617,8 +771,11 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def runner_main(conn: Connection, spec: LoadSpec) -> None:
-    """Entry point of the runner process."""
+def runner_main(conn: Connection, spec: LoadSpec, rpc_timeout: float = 60.0) -> None:
+    """Entry point of the runner process. `rpc_timeout` is HERD_RPC_TIMEOUT, for the watchdog of a runner whose
+    layers are on RPC workers."""
+    from herd.engine import rpc
+
     try:
         worker = Worker(conn, spec)
         try:
@@ -632,9 +789,15 @@ def runner_main(conn: Connection, spec: LoadSpec) -> None:
                 rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except OSError:
             pass
-        conn.send(Ready(True, n_ctx_train=worker.L.llama_model_n_ctx_train(worker.model), memory_bytes=rss))
+        layers = dict(worker.load_log.placement()[0])
+        placement = worker.rpc.placement(layers) if worker.rpc is not None else \
+            tuple((dev, "local", n) for dev, n in layers.items())
+        conn.send(Ready(True, n_ctx_train=worker.L.llama_model_n_ctx_train(worker.model), memory_bytes=rss,
+                        placement=placement))
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
-        conn.send(Ready(False, error=str(exc)))
+        conn.send(Ready(False, error=str(exc), error_kind=rpc.error_kind(exc)))
         return
+    if worker.rpc is not None:
+        worker.rpc.watch(worker, rpc_timeout)
     worker.run()

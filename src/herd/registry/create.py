@@ -1,5 +1,6 @@
 """`/api/create`: a new model from an existing one, from uploaded GGUF blobs, or from a GGUF blob already in the
-store, with TEMPLATE, SYSTEM, PARAMETER, MESSAGE and LICENSE layers on top (spec 5.8).
+store, with TEMPLATE, SYSTEM, PARAMETER, MESSAGE and LICENSE layers on top (spec 5.8), and a DRAFT model beside
+it (registry/draft.py).
 
 No request reads a file outside the model store: a `from` (or Modelfile `FROM`) that is a path must name one of the
 store's blobs, and `files` name blobs by digest. Local files go up through `/api/blobs` first, which is what
@@ -20,13 +21,14 @@ import os
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from herd.errors import HerdError, InvalidRequest, NotImplementedFeature, StorageFailed, UnsafePath
 from herd.families import BY_NAME
-from herd.options import BOOL_OPTIONS, FLOAT_OPTIONS, INT_OPTIONS, STRING_OPTIONS, validate_options
+from herd.options import BOOL_OPTIONS, FLOAT_OPTIONS, INT_OPTIONS, LIST_OPTIONS, STRING_OPTIONS, validate_options
 from herd.registry.default_model import config_blob
+from herd.registry.draft import with_draft
 from herd.registry.gguf_info import GGUF_MAGIC, GGUFInfo, read_gguf_info
 from herd.registry.manage import go_quote, normalize_digest
 from herd.registry.modelfile import MESSAGE_ROLES, parse_modelfile, typed_parameter
@@ -65,6 +67,9 @@ class CreateSpec:
     quantize: str | None = None
     renderer: str | None = None
     parser: str | None = None
+    # DRAFT: a model name or a store blob path (`draft`, as `from`), or uploaded blobs (Ollama's `draft_files`)
+    draft: str | None = None
+    draft_files: tuple[tuple[str, str], ...] = ()
     modelfile: str | None = None  # legacy clients send the Modelfile text instead of the fields
 
 
@@ -90,7 +95,10 @@ def typed_parameters(params: Mapping[str, object]) -> dict[str, object]:
                 raise InvalidRequest('option "stop" must be of an array of strings')
             if values:
                 out["stop"] = list(values)
-        elif key in INT_OPTIONS or key in FLOAT_OPTIONS or key in BOOL_OPTIONS or key in STRING_OPTIONS:
+        elif key in LIST_OPTIONS and isinstance(value, list):  # kept as the Modelfile's text form, `a,b`
+            out[key] = typed_parameter(key, ",".join(str(v) for v in value))
+        elif key in INT_OPTIONS or key in FLOAT_OPTIONS or key in BOOL_OPTIONS or key in STRING_OPTIONS or \
+                key in LIST_OPTIONS:
             out[key] = typed_parameter(key, value) if isinstance(value, str) else validate_options({key: value})[key]
         else:
             raise InvalidRequest(f"unknown parameter '{key}'")
@@ -172,6 +180,8 @@ class ModelCreator:
             base = self._base_from_files(spec.files)
         else:
             raise InvalidRequest("neither 'from' or 'files' was specified")
+        if spec.draft or spec.draft_files:
+            base = self._with_draft(base, spec)
 
         try:
             with contextlib.ExitStack() as pins:
@@ -258,6 +268,14 @@ class ModelCreator:
         digest, size = convert_into_store(self.store, paths)
         layer = Layer(LAYER_PREFIX + "model", digest, size)
         return _Base(layers=(layer,), config=None, gguf_path=self.store.blob_path(digest))
+
+    def _with_draft(self, base: _Base, spec: CreateSpec) -> _Base:
+        """The draft resolves as a base does (a model, a store blob, uploads); only its GGUF is kept."""
+        if spec.draft and spec.draft_files:
+            raise InvalidRequest('"draft" and "draft_files" name two drafts; give one')
+        source = self._base_from(spec.draft) if spec.draft else self._base_from_files(spec.draft_files)
+        named = spec.draft or ", ".join(file_name for file_name, _ in spec.draft_files)
+        return replace(base, layers=with_draft(self.store, base.layers, base.gguf_path, source.layers, named))
 
     # ---- writing ---------------------------------------------------------------------------------------------
     def _write(
@@ -386,4 +404,6 @@ def _merge_legacy_modelfile(spec: CreateSpec) -> CreateSpec:
         quantize=spec.quantize,
         renderer=spec.renderer or mf.renderer,
         parser=spec.parser or mf.parser,
+        draft=spec.draft or (mf.draft if not spec.draft_files else None),
+        draft_files=spec.draft_files,
     )

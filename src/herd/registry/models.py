@@ -137,6 +137,19 @@ class ResolvedModel:
         return path
 
     @cached_property
+    def draft_path(self) -> Path | None:
+        """The draft GGUF (Modelfile DRAFT) the runner loads beside the model for speculative decoding. A layer
+        whose blob is gone leaves it out: the model still serves, without a draft."""
+        layer = self.stored.manifest.layer("draft")
+        if layer is None:
+            return None
+        path = self.store.blob_path(layer.digest)
+        if not path.exists():
+            log.warning("model %s: draft layer %s is missing; serving without a draft", self.name, path)
+            return None
+        return path
+
+    @cached_property
     def gguf(self) -> GGUFInfo:
         return read_gguf_info(self.model_path)
 
@@ -270,8 +283,8 @@ class ResolvedModel:
         """Compute every cached fact (the GGUF header, templates, capabilities, the text layers) now, so that later
         uses on the event loop are attribute reads. Blocking: run it in a worker thread. Errors are left for the
         caller's own use of the property to raise, with the wording its endpoint wants."""
-        for name in ("gguf", "vision_projector", "config", "template", "family", "capabilities", "system", "license",
-                     "parameters", "messages"):
+        for name in ("gguf", "vision_projector", "draft_path", "config", "template", "family", "capabilities", "system",
+                     "license", "parameters", "messages"):
             try:
                 getattr(self, name)
             except Exception:  # a broken model is reported where it is used

@@ -342,7 +342,7 @@ class Scheduler:
         ok = False
         try:
             async with self._load_lock:
-                if not await self._make_room(lambda: self._wanted(q, spec)):
+                if not await self._make_room(lambda: self._wanted(q, spec), spec):
                     return  # everyone who wanted it left before the load began: start nothing
                 runner = self.factory(spec)
                 q.loading, q.loading_spec, q.loading_name, q.loading_since = runner, spec, ref.name, self.clock()
@@ -386,14 +386,18 @@ class Scheduler:
         if entry.refcount == 0 and entry.unload_when_idle:
             await self._unload(entry)
 
-    async def _make_room(self, wanted: Callable[[], bool]) -> bool:
-        """Evict until one more runner fits; False if the load is no longer wanted meanwhile."""
+    async def _make_room(self, wanted: Callable[[], bool], spec: LoadSpec | None = None) -> bool:
+        """Evict until one more runner fits, and until no loaded runner holds an RPC worker that `spec` needs (a
+        worker serves one client at a time: a second runner would hang on it); False if the load is no longer
+        wanted meanwhile."""
+        workers = set(spec.rpc_servers) if spec is not None else set()
         while True:
             if not wanted():
                 return False
-            if len(self.loaded) < self.max_loaded:
+            holders = [e for e in self.loaded.values() if workers & set(e.spec.rpc_servers)]
+            if not holders and len(self.loaded) < self.max_loaded:
                 return True
-            idle = [e for e in self.loaded.values() if e.refcount == 0 and not e.stopping]
+            idle = [e for e in holders or self.loaded.values() if e.refcount == 0 and not e.stopping]
             if idle:
                 # A model with requests queued for it is evicted last: they would load it again at once.
                 victim = min(idle, key=lambda e: (self._has_waiters(e), self._ka_order(e), e.name))

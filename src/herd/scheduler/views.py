@@ -46,7 +46,9 @@ async def runner_view(scheduler: Scheduler, wait_s: float = FRESH_WAIT_S) -> lis
                 "counters_age_s": round(max(0.0, now - getattr(row.runner, "last_status_at", now)), 3),
                 "runner_active": status.active, "runner_free_slots": status.free_slots,
                 "slot_tokens": list(status.slot_tokens), "prompt_evaluated": status.prompt_evaluated,
-                "prompt_cached": status.prompt_cached,
+                "prompt_cached": status.prompt_cached, "spec_steps": status.spec_steps,
+                "spec_proposed": status.spec_proposed, "spec_accepted": status.spec_accepted,
+                "ff_tokens": status.ff_tokens,
             })
         out.append(doc)
     return out

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from herd.config import Settings
 from herd.engine.protocol import DoneEvent, ImageInput, LoadSpec, SamplingParams, TokenLogprob
+from herd.engine.rpc import choose_workers
 from herd.engine.runner import Runner
 from herd.engine.tokenizer import Tokenizer, get_tokenizer
 from herd.errors import (
@@ -159,10 +160,15 @@ class ChatService:
             embedding=embedding,
             prompt_cache=self.settings.prompt_cache,
             projector_path=str(projector) if projector is not None else "",
+            draft_path=str(model.draft_path) if model.draft_path is not None and not embedding else "",
             kv_cache_type=kv_cache_type,
             flash_attention=flash_attention,
             n_gpu_layers=lo.num_gpu,
             main_gpu=lo.main_gpu,
+            rpc_servers=choose_workers(lo.rpc_servers, self.settings.rpc_servers),
+            tensor_split=lo.tensor_split,
+            speculative=self.settings.speculative,
+            fast_forward=self.settings.fast_forward,
         )
         if spec.num_parallel <= 0:
             spec = replace(spec, num_parallel=self.auto_slots(spec))

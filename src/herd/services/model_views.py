@@ -85,6 +85,7 @@ class ModelViews:
                 system=system if system is not None else model.system, parameters=_param_items(params),
                 messages=tuple((m.role, m.content) for m in model.messages),
                 license=(model.license,) if model.license else (),
+                draft=str(model.draft_path) if model.draft_path is not None else None,
             ),
             "parameters": modelfile.format_parameters(_param_items(params)),
             "template": template,
@@ -109,6 +110,12 @@ class ModelViews:
             doc["projector_info"] = (read_gguf_full(path) if verbose else read_gguf_info(path)).model_info(verbose)
         doc["capabilities"] = list(model.capabilities)
         doc["modified_at"] = rfc3339_local(model.stored.modified_at)
+        # herd's own: where a loaded model's layers are (list(): this runs on a thread, the loop owns the dict)
+        loaded = getattr(self.scheduler, "loaded", {})  # no scheduler in some tests of the store alone
+        entry = next((e for e in list(loaded.values()) if e.key == model.stored.name.key
+                      and not e.spec.embedding and not e.stopping), None)
+        if entry is not None:
+            doc["placement"] = placement_json(entry.runner)
         return doc
 
     def ps(self) -> list[dict[str, object]]:
@@ -129,8 +136,15 @@ class ModelViews:
                 "size_vram": 0,
                 "context_length": entry.spec.num_ctx,
                 "num_parallel": entry.spec.num_parallel,  # herd's: the slots (conversations at once) it got
+                "placement": placement_json(entry.runner),  # herd's: layers per device, and whose device
             })
         return out
+
+
+def placement_json(runner: object) -> list[dict[str, object]]:
+    """Layers per device as the runner reported them at load: `where` is "local" or an RPC worker's host:port."""
+    rows: tuple[tuple[str, str, int], ...] = getattr(runner, "placement", ())
+    return [{"device": device, "where": where, "layers": layers} for device, where, layers in rows]
 
 
 def _param_items(params: dict[str, object]) -> tuple[tuple[str, object], ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from herd.config import Settings
@@ -38,7 +39,7 @@ def build_services(settings: Settings, runner_factory: object = None) -> Service
         register_default_model(store)
     catalog = ModelCatalog(store)
     scheduler = Scheduler(
-        runner_factory or ProcessRunner,  # type: ignore[arg-type]
+        runner_factory or functools.partial(ProcessRunner, rpc_timeout=settings.rpc_timeout_s),  # type: ignore[arg-type]
         max_loaded=settings.max_loaded_models,
         max_queue=settings.max_queue,
         default_keep_alive=settings.keep_alive_s,

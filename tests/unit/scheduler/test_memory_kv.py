@@ -171,6 +171,7 @@ def test_auto_slots_are_counted_once_per_model_and_settings(tmp_path: Path) -> N
     class Model:
         model_path = default_model()
         vision_projector = None
+        draft_path = None
 
         class gguf:
             context_length = 8192

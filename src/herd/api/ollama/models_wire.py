@@ -31,6 +31,8 @@ class CreateRequest(BaseModel):
     quantization: str | None = None  # legacy spelling of `quantize`
     renderer: str | None = None
     parser: str | None = None
+    draft: str | None = None  # herd's: a draft model by name or store blob path, as `from`
+    draft_files: dict[str, str] | None = None  # Ollama's: uploaded draft GGUF blobs, as `files`
     modelfile: str | None = None  # legacy: the Modelfile text itself
     stream: bool | None = None
 
@@ -68,6 +70,8 @@ def to_create_spec(req: CreateRequest) -> CreateSpec:
         quantize=req.quantize or req.quantization or None,
         renderer=req.renderer or None,
         parser=req.parser or None,
+        draft=req.draft or None,
+        draft_files=tuple((req.draft_files or {}).items()),
         modelfile=req.modelfile or None,
     )
 
