@@ -9,6 +9,8 @@ import re
 import sys
 from collections import Counter
 
+from herd.engine.ggml import gpu_offload_in_build
+
 GGML_LOG_LEVEL_ERROR = 4
 _LOG_LINES_KEPT = 4096  # bound on what the load log keeps (a model has one placement line per layer)
 _PLACEMENT = re.compile(r"assigned to device ([^\s,]+)|(\S+) model buffer size\s*=\s*([\d.]+) MiB|"
@@ -80,7 +82,7 @@ def device_report() -> list[str]:
     L.llama_backend_init()
     out = [
         "llama.cpp system info: " + L.llama_print_system_info().decode("utf-8", "replace").strip(" |"),
-        "llama.cpp GPU offload: " + ("supported" if L.llama_supports_gpu_offload() else "not in this build"),
+        "llama.cpp GPU offload: " + ("supported" if gpu_offload_in_build() else "not in this build"),
         "llama.cpp RPC backend: " + ("supported" if L.llama_supports_rpc() else "not in this build"),
     ]
     try:

@@ -20,6 +20,8 @@ _SIGNATURES: dict[str, tuple[object, tuple[object, ...]]] = {
     "ggml_backend_reg_dev_count": (S, (P,)),
     "ggml_backend_reg_dev_get": (P, (P, S)),
     "ggml_backend_reg_name": (ctypes.c_char_p, (P,)),
+    "ggml_backend_reg_count": (S, ()),
+    "ggml_backend_reg_get": (P, (S,)),
     "ggml_backend_dev_count": (S, ()),
     "ggml_backend_dev_get": (P, (S,)),
     "ggml_backend_dev_name": (ctypes.c_char_p, (P,)),
@@ -90,3 +92,15 @@ NO_RPC_BUILD = (
     "this llama-cpp-python build has no RPC backend (llama_supports_rpc() is false): rebuild it with "
     "scripts/install.sh, which adds -DGGML_RPC=ON"
 )
+
+
+def gpu_offload_in_build() -> bool:
+    """Whether this build has a GPU backend (CUDA, Metal, Vulkan, ...). llama_supports_gpu_offload() alone is true
+    for every build with RPC, whose remote devices count as offload targets."""
+    import llama_cpp
+
+    if not llama_cpp.llama_supports_gpu_offload():
+        return False
+    g = Ggml()
+    regs = (g.fn["ggml_backend_reg_get"](i) for i in range(g.fn["ggml_backend_reg_count"]()))
+    return any((g.fn["ggml_backend_reg_name"](r) or b"").decode() not in ("CPU", "RPC") for r in regs)

@@ -31,6 +31,7 @@ import numpy as np
 
 from herd.engine.devices import LoadLog, is_host_buffer
 from herd.engine.embedding import EMBED_MAX_SEQS, Embedder, put_token
+from herd.engine.ggml import gpu_offload_in_build
 from herd.engine.protocol import (
     CancelCmd,
     DoneEvent,
@@ -204,14 +205,16 @@ class Worker:
         device, weight and KV buffers, the cache type and the flash attention llama.cpp resolved."""
         L, spec = self.L, self.spec
         layers, weights, kv, flash = self.load_log.placement()
-        device_bytes = int(sum(v for k, v in {**weights, **kv}.items() if not is_host_buffer(k)) * 1024 * 1024)
+        # Summed apart: weight and KV buffers share device names (CUDA0, RPC0[...]).
+        device_mib = sum(v for buffers in (weights, kv) for k, v in buffers.items() if not is_host_buffer(k))
+        device_bytes = int(device_mib * 1024 * 1024)
 
         def mib(buffers: dict[str, float]) -> str:
             return ", ".join(f"{name} {size:.1f} MiB" for name, size in buffers.items()) or "?"
 
         n_layer = L.llama_model_n_layer(self.model)
         per_device = ", ".join(f"{dev} {n}" for dev, n in layers.items()) or "?"
-        offload = "GPU offload in this build" if L.llama_supports_gpu_offload() else "no GPU offload in this build"
+        offload = "GPU offload in this build" if gpu_offload_in_build() else "no GPU offload in this build"
         gpu = f"num_gpu {spec.n_gpu_layers}" + (f", main_gpu {spec.main_gpu}" if spec.main_gpu >= 0 else "")
         line = (f"herd runner {os.getpid()}: {os.path.basename(spec.model_path)}: layers {per_device} "
                 f"({n_layer} + output; {gpu}; {offload}); weights {mib(weights)}; KV cache {spec.kv_cache_type} "

@@ -244,3 +244,21 @@ def test_a_worker_serves_one_loaded_model_at_a_time() -> None:
         assert set(s.loaded) == {"local", "b", "c"}
 
     asyncio.run(main())
+
+
+def test_an_rpc_build_is_not_a_gpu_build() -> None:
+    """The installed build has the RPC backend, which makes llama_supports_gpu_offload() true; herd's own check
+    looks for a GPU backend by name, so a CPU machine's report still says no GPU offload. It cannot show the
+    opposite case (a CUDA build) here: that is bench/gpu_check.sh's."""
+    import llama_cpp
+
+    from herd.engine.ggml import Ggml, gpu_offload_in_build
+
+    g = Ggml()
+    names = {(g.fn["ggml_backend_reg_name"](g.fn["ggml_backend_reg_get"](i)) or b"").decode()
+             for i in range(g.fn["ggml_backend_reg_count"]())}
+    assert "CPU" in names
+    gpu = names - {"CPU", "RPC"}
+    assert gpu_offload_in_build() == bool(gpu)
+    if "RPC" in names and not gpu:
+        assert llama_cpp.llama_supports_gpu_offload()  # why the plain check is not enough
