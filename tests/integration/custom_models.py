@@ -56,11 +56,13 @@ def f16_copy(work_dir: Path) -> Path:
     assert src is not None, "the default model package is not installed"
     out = work_dir / "smollm2-f16.gguf"
     if not out.exists():
+        part = out.with_suffix(".part")
         params = L.llama_model_quantize_default_params()
         params.ftype = L.LLAMA_FTYPE_MOSTLY_F16
         params.allow_requantize = True  # the source is Q4_1
-        rc = L.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
+        rc = L.llama_model_quantize(str(src).encode(), str(part).encode(), ctypes.byref(params))
         assert rc == 0, f"llama_model_quantize failed ({rc})"
+        part.rename(out)  # whole files only: an interrupted run leaves a .part, never a truncated model
     return out
 
 

@@ -121,7 +121,9 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "granite": {"create": {"parser": "granite", "template": _template("granite-3.3.jinja")}, "thinks": True,
                 "markup": ("<|tool_call|>", "<tool_call>")},
     "gemma3": {"create": {"parser": "gemma3", "template": GEMMA3_TEMPLATE}, "thinks": False,
-               "markup": ("```tool_code", '"parameters": {')},
+               # A bare-JSON format: the prompt itself shows `"parameters": {`, and a 135M model may echo it as
+               # text; a call left unparsed would name an offered tool.
+               "markup": ("```tool_code", '{"name": "book_event"', '{"name": "get_time"')},
 }
 THINK_MARKUP = ("<think>", "</think>")
 
