@@ -411,8 +411,11 @@ class Worker:
         L = self.L
         batch = self.batch
         n = 0
-        decoding = [s for s in self.active.values() if s.next_tokens]
-        prefilling = [s for s in self.active.values() if not s.next_tokens and s.pending]
+        # In slot order: llama.cpp splits a batch whose sequences are not in ascending order over their KV streams
+        # into several ubatches, each a pass over all the weights (8 streams decoded 0.6x as fast).
+        active = sorted(self.active.values(), key=_by_seq_id)
+        decoding = [s for s in active if s.next_tokens]
+        prefilling = [s for s in active if not s.next_tokens and s.pending]
         if self.speculative and decoding:
             self.propose(decoding, prefilling)
         for seq in decoding:
@@ -766,6 +769,10 @@ class Worker:
             if self.events:
                 events, self.events = self.events, []
                 _write_all(fd, frame(events))
+
+
+def _by_seq_id(seq: Sequence) -> int:
+    return seq.slot.seq_id
 
 
 def _write_all(fd: int, data: bytes) -> None:
