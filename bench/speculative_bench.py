@@ -17,9 +17,10 @@ temperature 0, a fixed seed and num_predict --out. All servers share one tempora
 uploaded (/api/blobs) and created (/api/create `files`) with the default model's template, system and parameters,
 so both models see the same prompt text.
 
-Each measured set of requests is first sent with num_predict 1, again until the runner's prompt_evaluated counter
-says every prompt was found in a slot (one pass does not always place concurrent arrivals in their own slots), so
-the measured decode is not shared with other streams' prefill.
+Every measurement starts from a fresh runner (the model is unloaded first), so that the servers differ only in
+their settings. Each measured set of requests is then first sent with num_predict 1, again until the runner's
+prompt_evaluated counter says every prompt was found in a slot (one pass does not always place concurrent arrivals
+in their own slots), so the measured decode is not shared with other streams' prefill.
 
 Figures (per workload, streams and model):
 
@@ -37,11 +38,12 @@ Figures (per workload, streams and model):
   if there are no plain steps, in the verify steps). With 1 stream:
       predicted = N / (S * c(1 + k) + (N - A - F - S) * c(1 + f))
   The verify steps alone would give (1 + A/S) / c(1 + k), shown as pred/vstep.
-  With 8 streams the batch holds all 8 sequences' positions, so the curve is c8(n): n tokens in all over 8
-  sequences, over the one-token-each step (n = 8). With (N - A - F) / 8 batched steps of mean size
-  nbar = 8 * (N - A + P) / (N - A - F), against N / 8 one-token-each steps:
-      predicted = N / ((N - A - F) * c8(nbar))
-  Curves are measured in this run, before the servers start (--cost-repeats, 0: skip, no predictions).
+  With 8 streams llama.cpp splits the batch (one KV stream per sequence) into ubatches of equally many tokens
+  per sequence: (N - A - F) / 8 one-token-each passes of time t8, and each of the S verify sequence-steps adds a
+  pass of its k proposals, c1(k) one-sequence steps of time t1 (forced tokens are counted as riding along):
+      predicted = (N / 8) * t8 / ((N - A - F) / 8 * t8 + S * c1(k) * t1)
+  The one-stream curve of (b) is measured at its document's depth. Curves are measured in this run, before the
+  servers start (--cost-repeats, 0: skip, no predictions).
 - on/off (measured speed-up), meas/pred = (on/off) / predicted, on/raw, on/noff; same = answers of `on` whose text
   equals `off`'s (at temperature 0 speculation must not change the text); with --repeats >= 2 also off/off, the
   answers of `off` that were the same in every repeat: a difference there is batched-kernel drift (which
@@ -512,8 +514,10 @@ def unload(server: HerdServer, model: str) -> None:
 
 
 def predict(row: Row, curves: dict[int, Curve]) -> None:
+    """curves: by stream count, and -1 for one stream at the depth of (b)'s document."""
     m = row.herd.get("on")
-    curve = curves.get(row.streams)
+    deep = row.workload.startswith("b")
+    curve = curves.get(-1 if deep and row.streams == 1 else row.streams)
     if m is None or m.counters is None or curve is None:
         return
     n_tok = m.tokens
@@ -530,8 +534,17 @@ def predict(row: Row, curves: dict[int, Curve]) -> None:
         if s:
             row.pred_vstep = (1 + a / s) / curve.cost(1 + p / s)
     else:
-        nbar = row.streams * (n_tok - a + p) / steps
-        cost = steps * curve.cost(nbar)
+        # llama.cpp splits a batch over per-sequence KV streams into ubatches of equally many tokens per sequence:
+        # the one-token-each pass, then each verifying sequence's proposals in a pass of their own (cost c1(k) in
+        # one-sequence steps); forced tokens are counted as riding in those passes (optimistic).
+        single = curves.get(-1 if deep else 1)
+        if single is None:
+            return
+        t_n, t_1 = curve.base(), single.base()
+        base_steps = steps / row.streams
+        cost = base_steps * t_n + (s * single.cost(p / s) * t_1 if s else 0.0)
+        row.predicted = (n_tok / row.streams) * t_n / cost
+        return
     row.predicted = n_tok / cost
 
 
@@ -636,6 +649,9 @@ def main(argv: list[str] | None = None) -> None:
         # beyond the largest size measured the curve is extended along its last slope
         top = 2 if quick else 4
         curves[name][1] = measure(path, name, list(range(1, 4 * top + 1)), 1, 300, cost_repeats)
+        # (b) decodes after a document of doc_tokens: attention over it makes every position of a pass dearer
+        deep = len(tok.encode(doc, add_special=False)) + 100
+        curves[name][-1] = measure(path, name, list(range(1, 4 * top + 1)), 1, deep, cost_repeats)
         for n in streams:
             if n > 1:
                 curves[name][n] = measure(path, name, list(range(n, top * n + 1)), n, 300, cost_repeats)
@@ -700,6 +716,10 @@ def measure_row(
         for cfg, server in servers.items():
             if cfg == "noff" and wl != "d":
                 continue  # fast-forward only acts under a constraint
+            # A fresh runner for every measurement: with the slots' cache of earlier rows, the servers' prompts
+            # would be split differently into cached and evaluated parts, which changes rounding, texts (an early
+            # end changes an 8-stream total) and speed whatever speculation does.
+            unload(server, model)
             m = run_herd(server, reqs, model)
             if cfg not in row.herd or m.rate > row.herd[cfg].rate:
                 row.herd[cfg] = m

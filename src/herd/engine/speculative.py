@@ -18,7 +18,9 @@ How many. A step's cost grows with its token count by a curve measured at load (
 is worth its probability of being reached and accepted, a^i for the i-th with the sequence's acceptance estimate a
 (`Acceptance`). `plan` adds proposed tokens, best first, while the step's expected tokens per unit of cost goes up,
 so k grows while proposals are accepted, falls to 0 when they are not, and shrinks when many sequences already fill
-the batch (where an extra token costs nearly a full token's compute).
+the batch. With several sequences a sequence's proposals cost a pass of their own (llama.cpp splits a batch over
+per-sequence KV streams into ubatches of equally many tokens per sequence), so at 8 streams proposals are rarely
+worth it.
 """
 
 from __future__ import annotations
@@ -147,13 +149,46 @@ def verify(draft: Sequence[int], sample: Callable[[int], int | None]) -> tuple[i
 
 
 def plan(wants: Sequence[tuple[float, int]], base_tokens: int, expected: float, cost: CostCurve,
-         room: int) -> list[int]:
+         room: int, apart: bool = False) -> list[int]:
     """How many tokens to propose for each sequence of a step.
 
     wants: per sequence (acceptance rate, the most it may propose). base_tokens: the step's tokens without
     proposals (decoding and prefill); expected: the tokens the step yields without them. room: batch slots left.
-    A proposal's i-th token yields rate**i more tokens; tokens are added best first while the step's expected
-    yield per cost rises by MIN_GAIN."""
+    A proposal's i-th token yields rate**i more tokens. apart: the proposals of each sequence take a pass of their
+    own (several sequences on per-sequence KV streams: llama.cpp splits a batch into ubatches of equally many
+    tokens per sequence, so k extra tokens of one sequence cost a pass of k tokens, cost(k), not cost(n + k) -
+    cost(n)). Proposals are taken while they raise the step's expected yield per cost by MIN_GAIN."""
+    if not apart:
+        return _plan_one_pass(wants, base_tokens, expected, cost, room)
+    ks = [0] * len(wants)
+    spent, value = cost(base_tokens), expected
+    left = {i for i, (rate, most) in enumerate(wants) if most > 0 and rate > 0}
+    while left and room > 0:
+        best: tuple[float, int, int, float] | None = None  # (yield per cost, sequence, k, gain)
+        for i in left:
+            rate, most = wants[i]
+            gain, term = 0.0, 1.0
+            for k in range(1, min(most, room) + 1):
+                term *= rate
+                gain += term
+                ratio = (value + gain) / (spent + cost(k))
+                if best is None or ratio > best[0]:
+                    best = (ratio, i, k, gain)
+        if best is None or best[0] < MIN_GAIN * value / spent:
+            break
+        _, i, k, gain = best
+        ks[i] = k
+        left.discard(i)
+        spent += cost(k)
+        value += gain
+        room -= k
+    return ks
+
+
+def _plan_one_pass(wants: Sequence[tuple[float, int]], base_tokens: int, expected: float, cost: CostCurve,
+                   room: int) -> list[int]:
+    """plan() where the step is one pass: tokens are added best first while the step's expected yield per cost
+    rises by MIN_GAIN."""
     ks = [0] * len(wants)
     heap = [(-rate, i, rate) for i, (rate, most) in enumerate(wants) if most > 0 and rate > 0]
     heapq.heapify(heap)

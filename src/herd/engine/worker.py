@@ -489,7 +489,8 @@ class Worker:
             wants.append((seq.acceptance.rate, most))
             found.append(proposal)
         n_base += min(sum(len(s.pending) for s in prefilling), INTERLEAVED_PREFILL_CHUNK)
-        ks = plan(wants, n_base, float(len(decoding)), self.cost, self.n_batch - n_base)
+        ks = plan(wants, n_base, float(len(decoding)), self.cost, self.n_batch - n_base,
+                  apart=len(decoding) > 1 or bool(prefilling))
         if self.draft_model is not None:
             asks = [(seq.slot.seq_id, seq.slot.tokens + seq.next_tokens, k)
                     for seq, k in zip(decoding, ks) if k > 0]

@@ -212,3 +212,17 @@ def test_cost_curve_measure_stops_at_its_budget() -> None:
     curve = CostCurve.measure(timer, (1, 2, 4, 8, 16), budget_s=2.0)
     assert 16 not in calls
     assert curve(16) > curve(4)
+
+
+def test_plan_apart_charges_a_pass_per_sequence() -> None:
+    """With several sequences each one's proposals are a ubatch of their own: on a curve where a pass of one
+    sequence's 4 tokens costs 1.6 steps, 8 streams (one pass of 8 tokens at 1.8) gain nothing from a sequence's 4
+    proposals at 0.8 acceptance (2.4 tokens for 1.6 more), while one stream alone does (1 + 2.4 tokens for 1.6)."""
+    cost = CostCurve([1.0, 1.3, 1.45, 1.6, 1.7, 1.75, 1.78, 1.8])
+    (alone,) = plan([(0.8, 4)], 1, 1.0, cost, 100, apart=False)
+    crowded = plan([(0.8, 4)] * 8, 8, 8.0, cost, 100, apart=True)
+    assert alone == 4 and crowded == [0] * 8
+    # Two streams, one copying (nearly certain proposals): its pass of 8 is worth taking, the other's nothing
+    assert plan([(0.99, 8), (0.0, 0)], 2, 2.0, flat(0.05), 100, apart=True) == [8, 0]
+    # and the room still bounds the total
+    assert sum(plan([(0.99, 8)] * 4, 4, 4.0, flat(0.0), 5, apart=True)) <= 5
