@@ -70,6 +70,13 @@ def is_host_buffer(name: str) -> bool:
     return name.upper().startswith("CPU") or name.endswith("_Host")
 
 
+def vram_mib(*buffers: dict[str, float]) -> float:
+    """MiB of these buffers (LoadLog.placement's weights and KV) in this machine's accelerator memory, what Ollama's
+    `size_vram` counts: neither host buffers nor those on RPC workers (RPC0[host:port]), whose memory is theirs."""
+    return sum(v for named in buffers for k, v in named.items()
+               if not is_host_buffer(k) and not k.upper().startswith("RPC"))
+
+
 
 def device_report() -> list[str]:
     """What llama.cpp sees on this machine, for `herd serve`'s startup log: its system info line, whether this build

@@ -189,6 +189,7 @@ class Ready:
     # Where the layers went: (device, where, layers) per device, where = an RPC worker's host:port or "local"
     placement: tuple[tuple[str, str, int], ...] = ()
     error_kind: str = ""  # with ok False: engine/rpc.py's name of the error class ("rpc_failed", "rpc_timeout")
+    vram_bytes: int = 0  # weights and KV in this machine's GPU memory (/api/ps size_vram)
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,7 @@ class ProcessRunner:
         self.rpc_timeout = rpc_timeout  # HERD_RPC_TIMEOUT: the runner's watchdog on a step through RPC workers
         self.memory_bytes = 0
         self.placement: tuple[tuple[str, str, int], ...] = ()  # (device, where, layers), from the runner's Ready
+        self.vram_bytes = 0  # from the runner's Ready
         self._fatal: RunnerFatal | None = None  # the runner's last words, if it ended itself
         self.pid: int | None = None
         self._proc: mp.process.BaseProcess | None = None
@@ -166,6 +167,7 @@ class ProcessRunner:
             raise kind(ready.error) if kind is not None else RunnerFailed(f"{RUNNER_STOPPED}: {ready.error}")
         self.memory_bytes = ready.memory_bytes
         self.placement = ready.placement
+        self.vram_bytes = ready.vram_bytes
         # The event loop reads the pipe itself: no reader thread, so no thread hand-off or GIL ping-pong per token.
         self._fd = parent.fileno()
         self._loop.add_reader(self._fd, self._on_readable)

@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from herd.engine.devices import LoadLog, is_host_buffer
+from herd.engine.devices import LoadLog, is_host_buffer, vram_mib
 from herd.engine.embedding import EMBED_MAX_SEQS, Embedder, put_token
 from herd.engine.ggml import gpu_offload_in_build
 from herd.engine.protocol import (
@@ -201,8 +201,8 @@ class Worker:
         self.cost = CostCurve.measure(self.time_step, COST_SIZES, COST_BUDGET_S) if self.speculative else CostCurve()
 
     def placement(self) -> tuple[str, int]:
-        """Where the model went, as one log line, and the bytes it holds in device (not host) memory: layers per
-        device, weight and KV buffers, the cache type and the flash attention llama.cpp resolved."""
+        """Where the model went, as one log line (layers per device, weight and KV buffers, the cache type and the
+        flash attention llama.cpp resolved), and the bytes it holds in this machine's accelerator memory."""
         L, spec = self.L, self.spec
         layers, weights, kv, flash = self.load_log.placement()
         # Summed apart: weight and KV buffers share device names (CUDA0, RPC0[...]).
@@ -220,7 +220,7 @@ class Worker:
                 f"({n_layer} + output; {gpu}; {offload}); weights {mib(weights)}; KV cache {spec.kv_cache_type} "
                 f"{mib(kv)}; flash attention {flash or spec.flash_attention}; in device memory "
                 f"{device_bytes / 2**20:.1f} MiB")
-        return line, device_bytes
+        return line, int(vram_mib(weights, kv) * 1024 * 1024)
 
     # ---- helpers -----------------------------------------------------------------------------------------
     def piece(self, token: int) -> bytes:
@@ -789,8 +789,9 @@ def runner_main(conn: Connection, spec: LoadSpec, rpc_timeout: float = 60.0) -> 
 
     try:
         worker = Worker(conn, spec)
+        vram = 0
         try:
-            line, _device_bytes = worker.placement()
+            line, vram = worker.placement()
             print(line, file=sys.stderr, flush=True)
         except Exception:  # a log line must never fail a load
             traceback.print_exc(file=sys.stderr)
@@ -804,7 +805,7 @@ def runner_main(conn: Connection, spec: LoadSpec, rpc_timeout: float = 60.0) -> 
         placement = worker.rpc.placement(layers) if worker.rpc is not None else \
             tuple((dev, "local", n) for dev, n in layers.items())
         conn.send(Ready(True, n_ctx_train=worker.L.llama_model_n_ctx_train(worker.model), memory_bytes=rss,
-                        placement=placement))
+                        placement=placement, vram_bytes=vram))
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         conn.send(Ready(False, error=str(exc), error_kind=rpc.error_kind(exc)))

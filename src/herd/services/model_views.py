@@ -126,14 +126,15 @@ class ModelViews:
             forever = remaining == float("inf") or remaining > 200 * 365 * 86400
             expires = now + timedelta(days=365 * 200) if forever else now + timedelta(
                 seconds=remaining)
+            vram = int(getattr(entry.runner, "vram_bytes", 0))
             out.append({
                 "name": entry.name,
                 "model": entry.name,
-                "size": entry.size,
+                "size": max(entry.size, vram),
                 "digest": entry.digest,
                 "details": entry.details,
                 "expires_at": rfc3339_local(expires.astimezone()),
-                "size_vram": 0,
+                "size_vram": vram,  # 0 on the CPU; llama.cpp's GPU buffers as the runner's load log listed them
                 "context_length": entry.spec.num_ctx,
                 "num_parallel": entry.spec.num_parallel,  # herd's: the slots (conversations at once) it got
                 "placement": placement_json(entry.runner),  # herd's: layers per device, and whose device
