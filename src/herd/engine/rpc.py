@@ -242,6 +242,11 @@ def check_build() -> str:
 # ---- the runner's side -----------------------------------------------------------------------------------------
 
 
+# How long the abort callback looks for the worker that went away before it names them all: its connection to the
+# runner can break before the kernel has closed its listening port.
+ABORT_PROBES, ABORT_PROBE_GAP_S = 6, 0.2
+
+
 def last_words(fd: int, message: str, kind: str) -> NoReturn:
     """Send the server one RunnerFatal frame, log the message, and end the process: nothing after an RPC failure
     can be trusted (llama.cpp would abort anyway), and every request the runner held gets this message."""
@@ -316,7 +321,12 @@ class Offload:
     def _aborted(self, message: bytes | None) -> None:
         # Runs on llama.cpp's RPC thread, just before abort(): name the worker that went away, and end here.
         text = _SOURCE_PREFIX.sub("", (message or b"").decode("utf-8", "replace").strip())
-        dead = refusing(self.endpoints)
+        dead: list[str] = []
+        for _ in range(ABORT_PROBES):  # a killed worker's port closes as its process is torn down, maybe just after
+            dead = list(refusing(self.endpoints))
+            if dead:
+                break
+            time.sleep(ABORT_PROBE_GAP_S)
         if dead:
             last_words(
                 self.fd, f"RPC worker {', '.join(dead)} is gone (connection refused); llama.cpp: {text}", "rpc_failed"
