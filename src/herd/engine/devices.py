@@ -77,7 +77,6 @@ def vram_mib(*buffers: dict[str, float]) -> float:
                if not is_host_buffer(k) and not k.upper().startswith("RPC"))
 
 
-
 def device_report() -> list[str]:
     """What llama.cpp sees on this machine, for `herd serve`'s startup log: its system info line, whether this build
     offloads to GPUs, and each ggml backend device with its memory. Run in a short child process (serving.py), so

@@ -323,7 +323,7 @@ class Offload:
         text = _SOURCE_PREFIX.sub("", (message or b"").decode("utf-8", "replace").strip())
         dead: list[str] = []
         for _ in range(ABORT_PROBES):  # a killed worker's port closes as its process is torn down, maybe just after
-            dead = list(refusing(self.endpoints))
+            dead = refusing(self.endpoints)
             if dead:
                 break
             time.sleep(ABORT_PROBE_GAP_S)
