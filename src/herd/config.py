@@ -34,6 +34,11 @@ def _int(default: int, *names: str) -> int:
         return default  # Ollama logs a warning and keeps the default
 
 
+def _context_length(value: int) -> int:
+    """OLLAMA_CONTEXT_LENGTH: unset or 0 leaves the default to the VRAM tiers; any other value is at least 4."""
+    return 0 if value <= 0 else max(4, value)
+
+
 def parse_host(raw: str | None) -> tuple[str, int]:
     """`[scheme://]host[:port][/path]` as OLLAMA_HOST accepts it; a missing port is 11434."""
     if not raw:
@@ -105,7 +110,7 @@ class Settings:
     num_parallel: int = 0  # 0: per model, as many slots (up to 8) as fit in memory (see README)
     max_loaded_models: int = 3
     max_queue: int = 512
-    context_length: int = 4096
+    context_length: int = 0  # 0: Ollama's default by VRAM (scheduler/machine.py: 4096 without a GPU)
     num_thread: int = 0  # 0 = physical cores
     origins: tuple[str, ...] = ()
     load_timeout_s: float = 300.0
@@ -173,7 +178,7 @@ class Settings:
             num_parallel=max(0, _int(0, "HERD_NUM_PARALLEL", "OLLAMA_NUM_PARALLEL")),
             max_loaded_models=max_loaded if max_loaded > 0 else 3,
             max_queue=max(1, _int(512, "HERD_MAX_QUEUE", "OLLAMA_MAX_QUEUE")),
-            context_length=max(4, _int(4096, "HERD_CONTEXT_LENGTH", "OLLAMA_CONTEXT_LENGTH")),
+            context_length=_context_length(_int(0, "HERD_CONTEXT_LENGTH", "OLLAMA_CONTEXT_LENGTH")),
             num_thread=_int(0, "HERD_NUM_THREAD"),
             origins=origins,
             load_timeout_s=float(_int(300, "HERD_LOAD_TIMEOUT")),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from fastapi import FastAPI
 
 from herd.api.guard import Drain
 from herd.config import Settings
+from herd.scheduler.machine import MACHINE, Gpu, Machine, context_for_vram
 
 log = logging.getLogger("herd")
 
@@ -65,29 +67,43 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def log_devices(settings: Settings, log_level: str = "warning") -> None:
-    """Log the devices llama.cpp sees (engine/devices.py: device_report) and the cache settings runners load with,
-    as `herd: ...` lines on stderr, like Ollama's startup lines about its GPUs. They show at the default log level
-    (warning, where uvicorn's own INFO lines are hidden) and not at error or critical. The report comes from a
-    short child process, so the server itself never initialises a GPU runtime (a CUDA context would hold device
-    memory as long as the server runs); it runs on a thread, so startup does not wait for it."""
-    if log_level.lower() in ("error", "critical"):
-        return
+def report_devices(settings: Settings, log_level: str = "warning", machine: Machine = MACHINE) -> None:
+    """Learn this machine's GPUs (scheduler/machine.py: the default context length and the GPU memory a load may
+    use depend on them) and log the devices llama.cpp sees (engine/devices.py: device_report) and the cache
+    settings runners load with, as `herd: ...` lines on stderr, like Ollama's startup lines about its GPUs. They
+    show at the default log level (warning, where uvicorn's own INFO lines are hidden) and not at error or critical.
+    The report comes from a short child process, so the server itself never initialises a GPU runtime (a CUDA
+    context would hold device memory as long as the server runs); it runs on a thread, so startup does not wait for
+    it, and requests that need the GPUs wait for it (bounded)."""
+    machine.expect_report()
+    quiet = log_level.lower() in ("error", "critical")
 
     def report() -> None:
+        gpus: list[Gpu] = []
         try:
             done = subprocess.run([sys.executable, "-m", "herd.engine.devices", "--devices"], capture_output=True,
                                   text=True, timeout=120, check=False)
-            lines = done.stdout.splitlines() or [f"llama.cpp devices: not listed ({done.stderr.strip()[-300:]})"]
+            try:
+                found = json.loads(done.stdout.strip().splitlines()[-1])
+                lines = [str(line) for line in found["lines"]]
+                gpus = [Gpu(str(n), int(f), int(t)) for n, f, t in found["gpus"]]
+            except (ValueError, KeyError, TypeError, IndexError):
+                lines = [f"llama.cpp devices: not listed ({(done.stderr or done.stdout).strip()[-300:]})"]
         except (OSError, subprocess.SubprocessError) as exc:
             lines = [f"llama.cpp devices: not listed ({exc})"]
+        finally:
+            machine.set_gpus(tuple(gpus))
+        tier = context_for_vram(machine.total_vram())
         lines.append(f"KV cache {settings.kv_cache_type}, flash attention {settings.flash_attention} "
-                     "(OLLAMA_KV_CACHE_TYPE, OLLAMA_FLASH_ATTENTION)")
+                     "(OLLAMA_KV_CACHE_TYPE, OLLAMA_FLASH_ATTENTION); default context "
+                     + (f"{settings.context_length} (OLLAMA_CONTEXT_LENGTH)" if settings.context_length > 0 else
+                        f"{tier} by {machine.total_vram() / 2**30:.1f} GiB of VRAM"))
         if settings.rpc_servers:
             lines.append(f"RPC workers {', '.join(settings.rpc_servers)} (HERD_RPC_SERVERS), a decode step through "
                          f"them may take {settings.rpc_timeout_s:g} s (HERD_RPC_TIMEOUT)")
-        sys.stderr.write("".join(f"herd: {line}\n" for line in lines))
-        sys.stderr.flush()
+        if not quiet:
+            sys.stderr.write("".join(f"herd: {line}\n" for line in lines))
+            sys.stderr.flush()
 
     threading.Thread(target=report, name="herd-devices", daemon=True).start()
 
@@ -99,8 +115,8 @@ def serve(settings: Settings, log_level: str) -> None:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
                             timeout_graceful_shutdown=int(_AFTER_GRACE_S))
     server = DrainingServer(config, app, settings.shutdown_grace_s)
-    log_devices(settings, log_level)
+    report_devices(settings, log_level)
     server.run()
 
 
-__all__ = ["DrainingServer", "log_devices", "serve"]
+__all__ = ["DrainingServer", "report_devices", "serve"]

@@ -5,11 +5,12 @@ and the reading of llama.cpp's load log that a runner turns into its placement l
 from __future__ import annotations
 
 import ctypes
+import json
 import re
 import sys
 from collections import Counter
 
-from herd.engine.ggml import gpu_offload_in_build
+from herd.engine.ggml import DEV_CPU, DEV_GPU, DEV_IGPU, Ggml, gpu_offload_in_build
 
 GGML_LOG_LEVEL_ERROR = 4
 _LOG_LINES_KEPT = 4096  # bound on what the load log keeps (a model has one placement line per layer)
@@ -77,10 +78,11 @@ def vram_mib(*buffers: dict[str, float]) -> float:
                if not is_host_buffer(k) and not k.upper().startswith("RPC"))
 
 
-def device_report() -> list[str]:
+def device_report() -> tuple[list[str], list[tuple[str, int, int]]]:
     """What llama.cpp sees on this machine, for `herd serve`'s startup log: its system info line, whether this build
-    offloads to GPUs, and each ggml backend device with its memory. Run in a short child process (serving.py), so
-    the server process never initialises a GPU runtime itself."""
+    offloads to GPUs, and each ggml backend device with its memory; and this machine's GPUs as (name, free bytes,
+    total bytes), for the defaults that depend on VRAM (scheduler/machine.py). Run in a short child process
+    (serving.py), so the server process never initialises a GPU runtime itself."""
     import llama_cpp as L
 
     log_cb = L.llama_log_callback(lambda level, text, data: None)
@@ -91,36 +93,21 @@ def device_report() -> list[str]:
         "llama.cpp GPU offload: " + ("supported" if gpu_offload_in_build() else "not in this build"),
         "llama.cpp RPC backend: " + ("supported" if L.llama_supports_rpc() else "not in this build"),
     ]
+    gpus: list[tuple[str, int, int]] = []
     try:
-        # ggml's device registry is not wrapped by llama-cpp-python 0.3.36; its C functions are in libggml.
-        from llama_cpp._ggml import libggml as g
-
-        g.ggml_backend_dev_count.restype = ctypes.c_size_t
-        g.ggml_backend_dev_get.restype = ctypes.c_void_p
-        g.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-        for name in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
-            getattr(g, name).restype = ctypes.c_char_p
-            getattr(g, name).argtypes = [ctypes.c_void_p]
-        g.ggml_backend_dev_type.restype = ctypes.c_int
-        g.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-        g.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
-                                              ctypes.POINTER(ctypes.c_size_t)]
-        kinds = {0: "CPU", 1: "GPU", 2: "integrated GPU", 3: "accelerator"}
-        for i in range(g.ggml_backend_dev_count()):
-            dev = g.ggml_backend_dev_get(i)
-            free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-            g.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-            out.append(
-                f"llama.cpp device {i}: {(g.ggml_backend_dev_name(dev) or b'?').decode()} "
-                f"({kinds.get(g.ggml_backend_dev_type(dev), 'other')}: "
-                f"{(g.ggml_backend_dev_description(dev) or b'').decode('utf-8', 'replace')}), "
-                f"{free.value / 2**30:.1f} GiB free of {total.value / 2**30:.1f} GiB"
-            )
+        g = Ggml()
+        kinds = {DEV_CPU: "CPU", DEV_GPU: "GPU", DEV_IGPU: "integrated GPU", 3: "accelerator"}
+        for i, dev in enumerate(g.devices()):
+            free, total = g.memory(dev)
+            out.append(f"llama.cpp device {i}: {g.name(dev)} ({kinds.get(g.dev_type(dev), 'other')}: "
+                       f"{g.description(dev)}), {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB")
+        gpus = [(g.name(d), *g.memory(d)) for d in g.local_gpus()]
     except Exception as exc:  # an older or newer build without these symbols: the system info line still says
         out.append(f"llama.cpp devices: not listed ({exc})")
-    return out
+    return out, gpus
 
 
-if __name__ == "__main__":  # python -m herd.engine.devices --devices: the device report, one line each
+if __name__ == "__main__":  # python -m herd.engine.devices --devices: the device report as one JSON object
     if sys.argv[1:] == ["--devices"]:
-        print("\n".join(device_report()), flush=True)
+        lines, gpus = device_report()
+        print(json.dumps({"lines": lines, "gpus": gpus}), flush=True)

@@ -1,5 +1,7 @@
 """Will a load fit? The weights' file size (and a vision projector's) plus the KV cache a LoadSpec asks for,
-against MemAvailable.
+against MemAvailable, and, for a model offloaded to this machine's GPUs, their free memory first (what the startup
+device report saw: scheduler/machine.py). llama.cpp then fits the layers to the GPUs' memory as it loads
+(engine/worker.py), so what does not fit there must fit in the host's.
 
 Ollama refuses a load that cannot fit before it starts a runner (`model requires more system memory (X) than is
 available (Y)`); without it, an absurd num_ctx ends in the kernel's OOM killer, which may pick the server itself.
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from herd.engine.protocol import LoadSpec
 from herd.errors import RunnerFailed
+from herd.scheduler.machine import MACHINE, Machine
 
 # (bytes, elements) of one ggml block of each KV cache type (ggml-common.h: block_q8_0, block_q4_0)
 KV_BLOCK_BYTES: dict[str, tuple[int, int]] = {"f16": (2, 1), "q8_0": (34, 32), "q4_0": (18, 32)}
@@ -112,9 +115,82 @@ def available_bytes() -> int | None:
         return None
 
 
-def check_fits(spec: LoadSpec) -> None:
+def gpu_bytes(spec: LoadSpec, machine: Machine = MACHINE) -> int:
+    """The free GPU memory this spec's layers may go to: none for a model kept on the CPU (num_gpu 0) or sent to
+    RPC workers (whose memory llama.cpp checks as it allocates there), one GPU's with main_gpu, else all of them."""
+    if spec.n_gpu_layers == 0 or spec.rpc_servers or not machine.gpus:
+        return 0
+    if 0 <= spec.main_gpu < len(machine.gpus):
+        return machine.gpus[spec.main_gpu].free
+    return machine.free_vram()
+
+
+def memory_for(spec: LoadSpec, machine: Machine = MACHINE) -> int | None:
+    """The memory a model's slots may take (slots_that_fit): the GPUs' when weights and one slot fit there (its KV
+    cache goes with its layers), else the GPUs' and the host's together; the host's alone on the CPU."""
+    host = available_bytes()
+    gpu = gpu_bytes(spec, machine)
+    if not gpu:
+        return host
+    if required_bytes(replace(spec, num_parallel=1, embedding=False)) <= gpu or host is None:
+        return gpu
+    return gpu + host
+
+
+# What a GPU keeps free beside a model's layers and KV (compute buffers, the runtime's own): llama.cpp's own fit
+# leaves 1 GiB per device by default (common.h: fit_params_target).
+GPU_MARGIN = 1 << 30
+
+
+def layers_that_fit(spec: LoadSpec, free: int, margin: int = GPU_MARGIN) -> int:
+    """Ollama's default offload (num_gpu unset): as many of the model's layers as fit in `free` bytes of GPU memory,
+    each with its weights and its share of the KV cache; -1 when the whole model (output layer too) fits, else the
+    count for llama.cpp's n_gpu_layers, which offloads the last layers first. The weights per layer are the
+    tensors' own sizes (`blk.N.*`), read from the GGUF header."""
+    from herd.registry.gguf_info import read_gguf_full
+
+    need = required_bytes(spec)
+    if not need or need + margin <= free:
+        return -1
+    try:
+        info = read_gguf_full(Path(spec.model_path))
+    except Exception:
+        return -1  # the load says why
+    n_layer = int(info.metadata.get(f"{info.architecture}.block_count", 0) or 0)  # type: ignore[call-overload]
+    if n_layer <= 0:
+        return -1
+    per_layer = [0] * n_layer
+    for t in info.tensors:
+        if t.name.startswith("blk."):
+            index = t.name.split(".", 2)[1]
+            if index.isdigit() and int(index) < n_layer:
+                per_layer[int(index)] += tensor_bytes(t.type, t.shape)
+    sequences = 1 if spec.embedding else spec.num_parallel
+    kv_layer = kv_bytes(info.metadata, info.architecture, spec.num_ctx, sequences, spec.kv_cache_type) // n_layer
+    budget, count = free - margin, 0
+    for weights in reversed(per_layer):
+        budget -= weights + kv_layer
+        if budget < 0:
+            break
+        count += 1
+    return count
+
+
+def tensor_bytes(qtype: str, shape: tuple[int, ...]) -> int:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]]
+    elements = 1
+    for d in shape:
+        elements *= d
+    return elements * size // block
+
+
+def check_fits(spec: LoadSpec, machine: Machine = MACHINE) -> None:
     need = required_bytes(spec)
     have = available_bytes()
+    # What the GPUs cannot hold stays in system memory; Ollama's text counts only that part.
+    need -= min(need, gpu_bytes(spec, machine))
     if need and have is not None and need > have:
         raise InsufficientMemory(
             f"model requires more system memory ({human_bytes(need)}) than is available ({human_bytes(have)})"

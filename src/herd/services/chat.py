@@ -31,6 +31,7 @@ from herd.options import Limits, cache_settings, load_options, merge, sampling_p
 from herd.parsing.base import Delta, IncrementalParser, PassThrough, ToolCall
 from herd.prompt.builder import IMAGE_TOKENS, PROMPT_TOO_LONG, THINK_CLOSE, THINK_OPEN, RenderedPrompt, build_prompt
 from herd.registry.models import ModelCatalog, ResolvedModel
+from herd.scheduler.machine import MACHINE, Machine, context_for_vram
 from herd.scheduler.scheduler import ModelRef, Scheduler
 from herd.types import ChatTurn, Think
 
@@ -111,14 +112,17 @@ def image_inputs(image_at: tuple[int, ...], images: tuple[bytes, ...], decoded: 
 
 
 class ChatService:
-    def __init__(self, catalog: ModelCatalog, scheduler: Scheduler, settings: Settings) -> None:
+    def __init__(self, catalog: ModelCatalog, scheduler: Scheduler, settings: Settings,
+                 machine: Machine = MACHINE) -> None:
         self.catalog = catalog
         self.scheduler = scheduler
         self.settings = settings
-        self.limits = Limits(settings.context_length, settings.max_num_ctx, settings.max_num_predict, settings.threads,
-                             settings.max_num_batch)
+        self.machine = machine
+        self.limits = Limits(settings.context_length or 4096, settings.max_num_ctx, settings.max_num_predict,
+                             settings.threads, settings.max_num_batch)
         self.request_limits = RequestLimits.from_settings(settings)
-        self._auto_slots: dict[tuple[str, int, str, str], int] = {}
+        self._auto_slots: dict[tuple[str, int, str, str, int, int], int] = {}
+        self._gpu_layers: dict[tuple[str, int, str, int, int, bool], int] = {}
 
     def resolve(self, name: str) -> ResolvedModel:
         try:
@@ -138,8 +142,35 @@ class ChatService:
         return ModelRef(key=model.stored.name.key, name=model.name, digest=model.digest,
                         details=model.details, size=model.size)
 
+    def default_num_ctx(self) -> int:
+        """OLLAMA_CONTEXT_LENGTH, else Ollama's tier for this machine's VRAM (4096 without a GPU), within the
+        server's num_ctx limit; a model trained on less gets its own length (load_options)."""
+        if self.settings.context_length > 0:
+            return self.settings.context_length
+        return min(context_for_vram(self.machine.total_vram()), self.settings.max_num_ctx)
+
+    async def aload_spec(self, model: ResolvedModel, opts: dict[str, object], embedding: bool = False) -> LoadSpec:
+        """load_spec once the startup device report is in: the default context and the slots depend on the GPUs."""
+        await self.machine.known_gpus()
+        spec = self.load_spec(model, opts, embedding)
+        if spec.n_gpu_layers < 0 and self.machine.gpus:
+            spec = replace(spec, n_gpu_layers=await asyncio.to_thread(self.gpu_layers, spec))
+        return spec
+
+    def gpu_layers(self, spec: LoadSpec) -> int:
+        """num_gpu unset on a machine with GPUs: the layers that fit in their free memory (-1: all of them), counted
+        once per model and settings, for the reason auto_slots gives."""
+        from herd.scheduler.memory import gpu_bytes, layers_that_fit
+
+        key = (spec.model_path, spec.num_ctx, spec.kv_cache_type, spec.num_parallel, spec.main_gpu, spec.embedding)
+        layers = self._gpu_layers.get(key)
+        if layers is None:
+            free = gpu_bytes(spec, self.machine)
+            layers = self._gpu_layers[key] = layers_that_fit(spec, free) if free else -1
+        return layers
+
     def load_spec(self, model: ResolvedModel, opts: dict[str, object], embedding: bool = False) -> LoadSpec:
-        lo = load_options(opts, model.gguf.context_length, self.limits)
+        lo = load_options(opts, model.gguf.context_length, replace(self.limits, default_num_ctx=self.default_num_ctx()))
         projector = model.vision_projector if not embedding else None
         num_ctx = lo.num_ctx
         if projector is not None and num_ctx < VISION_MIN_CTX:
@@ -178,12 +209,12 @@ class ChatService:
         """Slots for a model when OLLAMA_NUM_PARALLEL is not set: as many (up to 8) as its KV cache of num_ctx
         cells each fits in the memory available, counted once per model and settings. Counted again on every
         request, the memory the loaded model itself takes would shrink the count and force a reload."""
-        key = (spec.model_path, spec.num_ctx, spec.kv_cache_type, spec.projector_path)
+        key = (spec.model_path, spec.num_ctx, spec.kv_cache_type, spec.projector_path, spec.n_gpu_layers, spec.main_gpu)
         slots = self._auto_slots.get(key)
         if slots is None:
-            from herd.scheduler.memory import available_bytes, slots_that_fit
+            from herd.scheduler.memory import memory_for, slots_that_fit
 
-            slots = self._auto_slots[key] = slots_that_fit(spec, available_bytes())
+            slots = self._auto_slots[key] = slots_that_fit(spec, memory_for(spec, self.machine))
         return slots
 
     def check_capabilities(self, model: ResolvedModel, turn: ChatTurn, sent_name: str) -> Think | None:
@@ -217,7 +248,7 @@ class ChatService:
         decoded = await decode_images([i for m in turn.messages for i in m.images])
         opts = merge(model.parameters, turn.options)
         self.request_limits.check_options(opts)  # the stop list's bounds, Modelfile and request together
-        spec = self.load_spec(model, opts)
+        spec = await self.aload_spec(model, opts)
         sampling = await self.with_logit_bias(sampling_params(opts, self.limits, shift=turn.shift), turn.logit_bias,
                                               spec.model_path)
         special = await self.special_markers(model, turn, spec.model_path)

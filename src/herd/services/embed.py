@@ -70,8 +70,8 @@ class EmbedService:
         except (InvalidName, ModelNotFound):
             raise not_found(name) from None
 
-    def load_spec(self, model: ResolvedModel, opts: dict[str, object]) -> LoadSpec:
-        spec = self.chat.load_spec(model, opts, embedding=True)
+    async def aload_spec(self, model: ResolvedModel, opts: dict[str, object]) -> LoadSpec:
+        spec = await self.chat.aload_spec(model, opts, embedding=True)
         if model.gguf.has_pooling:
             # llama.cpp pools only over one ubatch, and BERT-style attention is not causal: a whole input
             # must go in one decode. A chat model is mean-pooled by the runner chunk by chunk instead, so it
@@ -86,7 +86,7 @@ class EmbedService:
         model = await self.resolve(req.model)
         ref = chat.model_ref(model)
         opts = merge(model.parameters, req.options)
-        spec = self.load_spec(model, opts)
+        spec = await self.aload_spec(model, opts)
         async with chat.scheduler.lease(ref, spec, req.keep_alive) as loaded:
             t_loaded = time.perf_counter_ns()
             if not req.inputs:

@@ -120,7 +120,7 @@ class GenerateService:
         decoded = await decode_images(list(req.images))
         opts = merge(model.parameters, req.options)
         chat.request_limits.check_options(opts)
-        spec = chat.load_spec(model, opts)
+        spec = await chat.aload_spec(model, opts)
         sampling = await chat.with_logit_bias(sampling_params(opts, chat.limits, shift=req.shift), req.logit_bias,
                                               spec.model_path)
         turn = self.turn_view(req, think)

@@ -179,7 +179,7 @@ def test_auto_slots_are_counted_once_per_model_and_settings(tmp_path: Path) -> N
     svc = ChatService(ModelCatalog(Store(tmp_path)), Scheduler(lambda s: None), Settings())
     first = svc.load_spec(Model(), {})  # type: ignore[arg-type]
     assert 1 <= first.num_parallel <= 8
-    svc._auto_slots[(first.model_path, first.num_ctx, first.kv_cache_type, "")] = 5  # as if memory had shrunk
+    svc._auto_slots[(first.model_path, first.num_ctx, first.kv_cache_type, "", -1, -1)] = 5  # as if memory had shrunk
     assert svc.load_spec(Model(), {}).num_parallel == 5  # type: ignore[arg-type]
     fixed = ChatService(svc.catalog, svc.scheduler, Settings(num_parallel=3))
     assert fixed.load_spec(Model(), {}).num_parallel == 3  # type: ignore[arg-type]
